@@ -1,0 +1,175 @@
+"""The HTTP layer: the app factory, routes, request parsing and the mapping of errors to JSON answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from errors import InvalidRequest, ServiceError
+from model_profiles import PROFILES
+from request_validation import SEGMENT, parse_generation_request
+from services import Services, build_services
+from settings import Settings
+
+log = logging.getLogger("ai_image_generator")
+# An incoming X-Request-ID is kept only if it is short and plain, so it is safe in logs and headers.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PROBLEM_JSON = "application/problem+json"
+READINESS_CACHE_SECONDS = 5.0
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """Build the app: settings from the environment unless given, adapters built once for this process."""
+    settings = settings or Settings.from_env()
+    services = services or build_services(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None)}
+    if settings.offline:
+        log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")
+    app.before_request(_assign_request_id)
+    app.after_request(_stamp_request_id)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.add_url_rule("/", "health", health)
+    app.add_url_rule("/healthz", "healthz", healthz)
+    app.add_url_rule("/readyz", "readyz", readyz)
+    app.add_url_rule("/generate_images", "generate_images", generate_images, methods=["POST"])
+    app.add_url_rule("/images/<path:key>", "image", image)
+    return app
+
+
+def _settings() -> Settings:
+    return current_app.extensions["aig"]["settings"]
+
+
+def _services() -> Services:
+    return current_app.extensions["aig"]["services"]
+
+
+def _json(payload, status: int = 200, content_type: str = "application/json") -> Response:
+    return Response(json.dumps(payload), status=status, content_type=content_type)
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def _stamp_request_id(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra) -> Response:
+    """One JSON error shape for every failure (RFC 9457 problem details plus a code and the request id)."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code,
+            "request_id": g.get("request_id", "")}
+    body.update(extra)
+    return _json(body, status, PROBLEM_JSON)
+
+
+def _http_error(error: HTTPException) -> Response:
+    detail = error.description or error.name
+    if error.code == 413:
+        detail = f"the request body is larger than {_settings().max_body_bytes} bytes"
+    response = problem(error.code or 500, error.name, detail, error.name.lower().replace(" ", "_"))
+    if error.code == 405 and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def _service_error(error: ServiceError) -> Response:
+    if error.status >= 500:
+        log.warning("request %s failed: %s: %s", g.get("request_id"), error.code, error.detail)
+    response = problem(error.status, error.title, error.detail, error.code, **error.extra)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return response
+
+
+def _unexpected_error(error: Exception) -> Response:
+    log.exception("request %s failed unexpectedly", g.get("request_id"))
+    return problem(500, "Internal error", "the service failed; the request id identifies it in the logs",
+                   "internal_error")
+
+
+def health():
+    """The original health answer, kept for existing checks."""
+    return _json({"health": "true"})
+
+
+def healthz():
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+def readyz():
+    """Readiness: the store (and any backend with a check) answers; cached for a few seconds."""
+    state = current_app.extensions["aig"]
+    checked_at, failure = state["ready"]
+    if time.monotonic() - checked_at > READINESS_CACHE_SECONDS:
+        failure = None
+        services = _services()
+        for name, backend in (("store", services.store), ("model", services.model),
+                              ("screener", services.screener)):
+            check = getattr(backend, "check", None)
+            try:
+                if check:
+                    check()
+            except Exception as error:  # noqa: BLE001 - any failure means not ready
+                failure = f"{name}: {error}"
+                break
+        state["ready"] = (time.monotonic(), failure)
+    if failure:
+        return problem(503, "Not ready", failure, "not_ready")
+    return _json({"status": "ready", "model_id": _settings().model_id})
+
+
+def _read_json_body():
+    # Read as JSON whatever the Content-Type says: the original README's curl line sends
+    # application/x-www-form-urlencoded, and those callers must keep working.
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest([{"field": "body", "message": "must be a JSON object"}]) from None
+
+
+def generate_images():
+    """Generate, screen and store the images; answer the manifest."""
+    settings = _settings()
+    body = _read_json_body()
+    generation = parse_generation_request(body, PROFILES[settings.model_id],
+                                          default_quality=settings.default_quality,
+                                          root_prefix=settings.s3_key_prefix if settings.store == "s3" else "")
+    manifest = _services().pipeline.run(generation, g.request_id)
+    if settings.store == "filesystem":
+        base = settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
+        for detail in manifest["image_details"]:
+            detail["url"] = f"{base}/images/{detail['key']}"
+    return _json(manifest)
+
+
+def image(key: str):
+    """Serve a stored image in offline mode; quarantined originals and hidden files never."""
+    settings = _settings()
+    segments = key.split("/")
+    if settings.store != "filesystem" or key.startswith(settings.quarantine_prefix) \
+            or not all(SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+        return problem(404, "Not Found", "no such image", "not_found")
+    try:
+        data = _services().store.read(key)
+    except (FileNotFoundError, IsADirectoryError, ServiceError):
+        return problem(404, "Not Found", "no such image", "not_found")
+    response = Response(data, content_type="image/png")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response

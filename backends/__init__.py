@@ -1,0 +1,1 @@
+"""Adapters behind the pipeline's three interfaces: image model, store, screener."""

@@ -1,0 +1,60 @@
+"""The offline store: a local folder, files created exclusively and never outside the folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from errors import KeyExists, StoreFailed
+
+
+class FilesystemStore:
+    """Keeps each image as a file under `root`; a key maps to a relative path."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    def path_for(self, key: str) -> Path:
+        """The file of `key`, refusing anything that would land outside the root."""
+        path = (self.root / key).resolve()
+        if path == self.root or self.root not in path.parents:
+            raise StoreFailed(f"key {key!r} falls outside the store")
+        return path
+
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+        """Write `data` at `key` atomically; KeyExists if the file is already there."""
+        path = self.path_for(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write a hidden temporary file, then hard-link it into place: link() never replaces an
+            # existing file, and no reader ever sees a half-written image at the key.
+            temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.part"
+            with open(temporary, "xb") as handle:
+                handle.write(data)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise KeyExists(key) from None
+            finally:
+                temporary.unlink(missing_ok=True)
+        except (KeyExists, StoreFailed):
+            raise
+        except OSError as error:
+            raise StoreFailed(f"could not write {key!r}: {error.strerror}") from error
+
+    def read(self, key: str) -> bytes:
+        """The bytes at `key`; FileNotFoundError when absent or hidden."""
+        path = self.path_for(key)
+        if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+            raise FileNotFoundError(key)
+        return path.read_bytes()
+
+    def check(self) -> None:
+        """Raise StoreFailed unless the root is a writable folder."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreFailed(f"cannot create the data folder {self.root}: {error.strerror}") from error
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StoreFailed(f"the data folder {self.root} is not writable")

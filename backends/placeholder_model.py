@@ -1,0 +1,70 @@
+"""The offline image model: draws a labelled placeholder picture, deterministic in (prompt, seed, size)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import textwrap
+import time
+
+from PIL import Image, ImageDraw, ImageFont
+
+from errors import ModelTimeout
+from image_generation import ImageSpec
+from model_profiles import PLACEHOLDER_MODEL_ID
+
+
+class PlaceholderModel:
+    """Draws placeholders, not generated images; says so in every picture."""
+
+    model_id = PLACEHOLDER_MODEL_ID
+    placeholder = True
+
+    def __init__(self, latency_seconds: float = 0.0):
+        # Simulated model time, so a UI or a drain test can see a request take a while.
+        self.latency_seconds = latency_seconds
+
+    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
+        """Return a PNG of exactly spec.width x spec.height."""
+        if self.latency_seconds:
+            if time.monotonic() + self.latency_seconds > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                raise ModelTimeout("the placeholder model's simulated latency outlasts the deadline")
+            time.sleep(self.latency_seconds)
+        return draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
+
+
+def draw_placeholder(prompt: str, seed: int, width: int, height: int) -> bytes:
+    """A picture whose colours and shapes come from the seed, with 'PLACEHOLDER' and the prompt in it."""
+    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+    rng = random.Random(digest)
+    background = tuple(rng.randrange(40, 200) for _ in range(3))
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        radius = rng.randrange(min(width, height) // 16, min(width, height) // 3)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x0 - radius, y0 - radius, x0 + radius, y0 + radius), fill=colour)
+    _draw_caption(draw, prompt, seed, width, height)
+    out = io.BytesIO()
+    # Level 1: offline pictures are for looking at, not archiving; fast beats small.
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _draw_caption(draw: ImageDraw.ImageDraw, prompt: str, seed: int, width: int, height: int) -> None:
+    big = ImageFont.load_default(size=max(12, width // 12))
+    small = ImageFont.load_default(size=max(10, width // 36))
+    band_top = height * 5 // 8
+    draw.rectangle((0, band_top, width, height), fill=(0, 0, 0))
+    draw.text((width // 24, band_top + height // 48), "PLACEHOLDER", font=big, fill=(255, 255, 255))
+    lines = textwrap.wrap(prompt, width=max(10, width // max(1, int(small.size * 0.6))))[:4]
+    lines.append(f"seed {seed} - offline mode, not a generated image")
+    line_height = int(small.size * 1.3)
+    y = band_top + height // 48 + int(big.size * 1.3)
+    for line in lines:
+        draw.text((width // 24, y), line, font=small, fill=(230, 230, 230))
+        y += line_height

@@ -1,0 +1,146 @@
+"""Every setting of the service, read once from the environment, typed and checked at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from model_profiles import PLACEHOLDER_MODEL_ID, PROFILES
+
+PREFIX = "AIG_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a value the service cannot run with."""
+
+
+def _choice(name: str, allowed: tuple[str, ...]):
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise SettingsError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, not {raw!r}")
+        return value
+
+    return parse
+
+
+def _number(name: str, kind, low, high):
+    def parse(raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{PREFIX}{name} must be a {kind.__name__}, not {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{PREFIX}{name} must be between {low} and {high}, not {value}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _prefix(raw: str) -> str:
+    """A store key prefix: no leading slash, one trailing slash when non-empty."""
+    value = raw.strip().strip("/")
+    return value + "/" if value else ""
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _setting(default, parse, doc: str):
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build it with `Settings.from_env()`."""
+
+    model: str = _setting("placeholder", _choice("MODEL", ("placeholder", "bedrock")),
+                          "Image model: `placeholder` (offline pictures) or `bedrock`.")
+    bedrock_model_id: str = _setting("amazon.titan-image-generator-v2:0", _text,
+                                     "Bedrock model: `amazon.titan-image-generator-v2:0` or `amazon.nova-canvas-v1:0`.")
+    store: str = _setting("filesystem", _choice("STORE", ("filesystem", "s3")),
+                          "Where images go: `filesystem` (under AIG_DATA_DIR) or `s3`.")
+    data_dir: str = _setting("var/images", _text,
+                             "Folder of the filesystem store (created if missing).")
+    s3_bucket: str = _setting("", _text, "S3 bucket (required when AIG_STORE=s3).")
+    s3_key_prefix: str = _setting("", _prefix, "Prefix under which every key is written in the bucket.")
+    s3_sse: str = _setting("", _choice("S3_SSE", ("", "aes256", "aws:kms")),
+                           "Server-side encryption: empty (bucket default), `AES256` or `aws:kms`.")
+    s3_sse_kms_key_id: str = _setting("", _text, "KMS key id when AIG_S3_SSE=aws:kms.")
+    moderation: str = _setting("off", _choice("MODERATION", ("off", "rekognition")),
+                               "Screening: `off` or `rekognition`.")
+    moderation_min_confidence: float = _setting(50.0, _number("MODERATION_MIN_CONFIDENCE", float, 0.0, 100.0),
+                                                "Rekognition MinConfidence (0-100) for a label to count.")
+    flagged_action: str = _setting("quarantine", _choice("FLAGGED_ACTION", ("quarantine", "withhold")),
+                                   "Flagged originals: `quarantine` (kept privately) or `withhold` (dropped).")
+    quarantine_prefix: str = _setting("quarantine/", _prefix,
+                                      "Private prefix for flagged originals (under the store root).")
+    request_deadline_seconds: float = _setting(90.0, _number("REQUEST_DEADLINE_SECONDS", float, 1.0, 600.0),
+                                               "A request's deadline; past it the answer is a 504.")
+    bedrock_read_timeout_seconds: float = _setting(70.0, _number("BEDROCK_READ_TIMEOUT_SECONDS", float, 1.0, 600.0),
+                                                   "boto3 read time-out for one InvokeModel (never re-sent).")
+    default_quality: str = _setting("premium", _choice("DEFAULT_QUALITY", ("standard", "premium")),
+                                    "Quality when a request names none.")
+    max_body_bytes: int = _setting(65536, _number("MAX_BODY_BYTES", int, 1024, 10 * 1024 * 1024),
+                                   "Largest request body accepted; larger gets a JSON 413.")
+    model_concurrency: int = _setting(256, _number("MODEL_CONCURRENCY", int, 1, 4096),
+                                      "Model calls in flight per worker process (one bounded pool).")
+    placeholder_latency_seconds: float = _setting(0.0, _number("PLACEHOLDER_LATENCY_SECONDS", float, 0.0, 600.0),
+                                                  "Simulated model time of the placeholder model.")
+    public_base_url: str = _setting("", _text,
+                                    "Base URL put before `/images/<key>` in offline answers (default: the request's).")
+    log_level: str = _setting("info", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")),
+                              "Log level.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read every `AIG_*` variable, apply overrides, and check the whole."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = f.metadata["parse"](raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations the service cannot run with."""
+        if self.model == "bedrock" and self.bedrock_model_id not in PROFILES:
+            known = ", ".join(m for m in PROFILES if m != PLACEHOLDER_MODEL_ID)
+            raise SettingsError(
+                f"{PREFIX}BEDROCK_MODEL_ID {self.bedrock_model_id!r} is not supported; use one of {known}")
+        if self.store == "s3" and not self.s3_bucket:
+            raise SettingsError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORE=s3")
+        if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
+            raise SettingsError(f"{PREFIX}S3_SSE_KMS_KEY_ID is required when {PREFIX}S3_SSE=aws:kms")
+        if self.bedrock_read_timeout_seconds >= self.request_deadline_seconds:
+            raise SettingsError(
+                f"{PREFIX}BEDROCK_READ_TIMEOUT_SECONDS ({self.bedrock_read_timeout_seconds}) must be below "
+                f"{PREFIX}REQUEST_DEADLINE_SECONDS ({self.request_deadline_seconds}): see the time-out ladder")
+
+    @property
+    def model_id(self) -> str:
+        """The model id this service generates with."""
+        return self.bedrock_model_id if self.model == "bedrock" else PLACEHOLDER_MODEL_ID
+
+    @property
+    def offline(self) -> bool:
+        """True when the pictures are placeholders."""
+        return self.model == "placeholder"
+
+
+def settings_table() -> str:
+    """The README's configuration table, made from the fields themselves."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{f.default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
