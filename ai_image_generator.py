@@ -30,6 +30,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     services = services or build_services(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Keys are checked segment by segment; a merged '//' would hide an empty segment behind a redirect.
+    app.url_map.merge_slashes = False
     app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None)}
     if settings.offline:
         log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")

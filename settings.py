@@ -85,6 +85,8 @@ class Settings:
                                                "A request's deadline; past it the answer is a 504.")
     bedrock_read_timeout_seconds: float = _setting(70.0, _number("BEDROCK_READ_TIMEOUT_SECONDS", float, 1.0, 600.0),
                                                    "boto3 read time-out for one InvokeModel (never re-sent).")
+    bedrock_max_attempts: int = _setting(4, _number("BEDROCK_MAX_ATTEMPTS", int, 1, 10),
+                                         "InvokeModel attempts per image while Bedrock throttles, within the deadline.")
     default_quality: str = _setting("premium", _choice("DEFAULT_QUALITY", ("standard", "premium")),
                                     "Quality when a request names none.")
     max_body_bytes: int = _setting(65536, _number("MAX_BODY_BYTES", int, 1024, 10 * 1024 * 1024),

@@ -1,0 +1,94 @@
+"""gunicorn settings for ai-image-generator.
+
+Run from the service folder:
+    gunicorn -c gunicorn/gunicorn.conf.py wsgi:ai_image_generator
+
+Time-out ladder (one table, the same numbers in deploy/nginx and deploy/systemd):
+    client (curl --max-time 150)        150 s
+    > nginx proxy_read_timeout          120 s
+    > app request deadline               90 s  (AIG_REQUEST_DEADLINE_SECONDS)
+    > Bedrock boto3 read_timeout         70 s x 1 attempt (the app retries only throttling)
+    gunicorn graceful_timeout           100 s  (>= deadline: a restart drains in-flight work)
+    systemd TimeoutStopSec              130 s  (> graceful_timeout: systemd never kills a drain)
+
+AIG_BIND, AIG_WORKERS, AIG_THREADS and AIG_WORKER_TMP_DIR override the defaults (tests use
+them); everything else is fixed here on purpose.
+"""
+
+import os
+
+# Loopback only: nginx is the one door in; gunicorn never faces the network itself.
+bind = os.environ.get("AIG_BIND", "127.0.0.1:8080")
+
+# Requests wait 10-60 s on Bedrock/S3/Rekognition I/O, so threads, not processes, carry
+# the concurrency. A later benchmark (bench/) measures gthread against gevent and may
+# revise the class and the numbers below.
+worker_class = "gthread"
+
+# 2 = one process per core of the target host (2 vCPU); the CPU work per request (PNG
+# checks, a blur when flagged) is small next to the waiting.
+workers = int(os.environ.get("AIG_WORKERS", "2"))
+
+# 64 request threads per process: they mostly sleep while the app's own bounded pool
+# (AIG_MODEL_CONCURRENCY) runs the model calls, so 2 x 64 = 128 requests in flight per host.
+threads = int(os.environ.get("AIG_THREADS", "64"))
+
+# Worker heartbeat, not a request limit: a gthread worker's main loop notifies the
+# arbiter about once a second whatever its request threads are doing, so this only
+# catches a wedged main loop. Request length is bounded by the app's own 90 s deadline
+# (see the ladder above); 30 s is the gunicorn default, kept.
+timeout = 30
+
+# 100 s >= the 90 s app deadline (+10 s to write the manifest and the response), so
+# SIGTERM / SIGHUP lets every in-flight paid generation finish before a worker exits.
+graceful_timeout = 100
+
+# 5 s: nginx talks HTTP/1.0 to us without upstream keep-alive, so this only matters to
+# direct loopback callers (health checks, tests); a short idle hold frees threads fast.
+keepalive = 5
+
+# The app builds its AWS clients per worker process, after fork (boto3 clients and
+# their connection pools must not cross a fork), so the app is imported in each worker.
+preload_app = False
+
+# Heartbeat files on a tmpfs: gunicorn fchmod()s them every loop, which can stall on a
+# disk-backed /tmp; /dev/shm is also writable under systemd's ProtectSystem=strict.
+_tmp_dir = os.environ.get("AIG_WORKER_TMP_DIR", "/dev/shm")
+worker_tmp_dir = _tmp_dir if os.path.isdir(_tmp_dir) else None
+
+# gunicorn >= 25.1 opens a control socket under $XDG_RUNTIME_DIR or $HOME by default;
+# under ProtectSystem=strict with no home that fails, and nothing here uses gunicornc.
+control_socket_disable = True
+
+# Trust X-Forwarded-Proto & co. only from the one proxy in front of us: nginx on loopback.
+forwarded_allow_ips = "127.0.0.1"
+
+# The name in ps/top and in the journal.
+proc_name = "ai-image-generator"
+
+# Logs to stdout/stderr: systemd's journal (or the test harness) collects them.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("AIG_LOG_LEVEL", "info").lower()
+
+# Combined-like line plus the request id nginx passes in (or the caller's, if valid), the
+# real client from nginx, and the time taken in ms, so one id follows a request through
+# the nginx log, this log and the app's own log lines.
+access_log_format = (
+    '%(h)s "%(r)s" %(s)s %(B)s %(M)sms '
+    'rid=%({x-request-id}i)s xff="%({x-forwarded-for}i)s" ua="%(a)s"'
+)
+
+# --- ladder guard -----------------------------------------------------------------
+# The deadline is the app's setting; refuse to start if an operator raised it past
+# the drain window, instead of letting a restart cut paid generations short.
+try:
+    _deadline = float(os.environ.get("AIG_REQUEST_DEADLINE_SECONDS", "90"))
+except ValueError:
+    _deadline = 0.0  # not a number: the app's settings check reports it by name
+if _deadline > graceful_timeout:
+    raise SystemExit(
+        f"AIG_REQUEST_DEADLINE_SECONDS={_deadline:g} exceeds gunicorn graceful_timeout="
+        f"{graceful_timeout}; raise graceful_timeout, nginx proxy_read_timeout and systemd "
+        "TimeoutStopSec with it (see the time-out ladder in gunicorn/gunicorn.conf.py)"
+    )

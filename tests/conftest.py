@@ -1,0 +1,49 @@
+"""Shared fixtures: no test can reach real AWS, and every test gets a fresh offline app."""
+
+from __future__ import annotations
+
+import pytest
+
+from ai_image_generator import create_app
+from settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_real_aws(monkeypatch):
+    """Dummy credentials and region, so a stray boto3 call fails locally instead of reaching AWS."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """The offline store's folder for one test."""
+    path = tmp_path / "images"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_app(data_dir):
+    """Build an offline app with settings overrides (names as in Settings)."""
+
+    def build(**overrides):
+        settings = Settings.from_env({}, **{"data_dir": str(data_dir), **overrides})
+        return create_app(settings)
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    """A fresh offline app."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A test client of the fresh offline app."""
+    return app.test_client()

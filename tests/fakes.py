@@ -1,0 +1,82 @@
+"""In-process fakes of the pipeline's three interfaces, for unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from backends.placeholder_model import draw_placeholder
+from errors import KeyExists, ScreeningFailed
+from image_generation import ImageSpec, ModerationLabel, Screening
+
+
+class FakeModel:
+    """Draws small placeholders; can fail chosen calls, sleep, and counts calls in flight."""
+
+    model_id = "fake-model"
+    placeholder = False
+
+    def __init__(self, *, latency=0.0, errors=None, size=None):
+        self.latency = latency
+        self.errors = list(errors or [])  # per call, in order: None or an exception to raise
+        self.size = size
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
+        with self.lock:
+            self.calls += 1
+            error = self.errors.pop(0) if self.errors else None
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.latency)
+            if error:
+                raise error
+            width, height = self.size or (spec.width, spec.height)
+            return draw_placeholder(spec.prompt, spec.seed, width, height)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+class MemoryStore:
+    """A dict that refuses to overwrite, like a conditional put."""
+
+    def __init__(self, *, fail=None):
+        self.objects: dict[str, tuple[bytes, dict]] = {}
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def put_new(self, key: str, data: bytes, metadata: dict) -> None:
+        if self.fail:
+            raise self.fail
+        with self.lock:
+            if key in self.objects:
+                raise KeyExists(key)
+            self.objects[key] = (data, dict(metadata))
+
+    def check(self) -> None:
+        pass
+
+
+class FakeScreener:
+    """Flags images whose prompt-derived bytes were registered, or fails on demand."""
+
+    enabled = True
+
+    def __init__(self, *, flag_all=False, fail=False):
+        self.flag_all = flag_all
+        self.fail = fail
+        self.seen: list[bytes] = []
+
+    def screen(self, png: bytes) -> Screening:
+        self.seen.append(png)
+        if self.fail:
+            raise ScreeningFailed("screening service unreachable")
+        if self.flag_all:
+            return Screening("flagged", (ModerationLabel("Graphic Violence", "Violence", 97.5),
+                                         ModerationLabel("Violence", "", 97.5)))
+        return Screening("clean")

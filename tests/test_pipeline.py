@@ -1,0 +1,169 @@
+"""The pipeline against in-process fakes: keys, seeds, fan-out, deadline, partial success, screening."""
+
+from __future__ import annotations
+
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image, ImageFilter, ImageStat
+
+from errors import ContentFiltered, DeadlineExceeded, KeyExists, ModelThrottled, StoreFailed
+from image_generation import GenerationRequest, Pipeline, PipelineConfig, ScreeningOff
+from png import png_size
+from tests.fakes import FakeModel, FakeScreener, MemoryStore
+
+REQUEST = GenerationRequest(prompt="red porsche", output_folder="000/111", file_name_prefix="porsche_image",
+                            width=512, height=512)
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        yield pool
+
+
+def make(executor, model=None, store=None, screener=None, **config):
+    model = model or FakeModel()
+    store = store or MemoryStore()
+    screener = screener or ScreeningOff()
+    return Pipeline(model, store, screener, executor, PipelineConfig(**config)), model, store
+
+
+def test_pipeline_stores_four_distinct_keys_under_the_folder(executor):
+    pipeline, _, store = make(executor)
+    manifest = pipeline.run(REQUEST, "req-1")
+    keys = manifest["images"]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    for key in keys:
+        assert key.startswith("000/111/porsche_image-") and key.endswith(".png")
+        data, metadata = store.objects[key]
+        assert png_size(data) == (512, 512)
+        assert metadata["request-id"] == "req-1"
+    assert [d["key"] for d in manifest["image_details"]] == keys
+    assert manifest["errors"] == [] and manifest["request_id"] == "req-1"
+
+
+def test_pipeline_gives_every_image_its_own_seed_unless_one_is_given(executor):
+    pipeline, _, _ = make(executor)
+    seeds = [d["seed"] for d in pipeline.run(REQUEST, "r")["image_details"]]
+    assert len(set(seeds)) == 4
+    fixed = GenerationRequest(**{**REQUEST.__dict__, "seed": 7, "count": 2})
+    assert [d["seed"] for d in pipeline.run(fixed, "r")["image_details"]] == [7, 7]
+
+
+def test_pipeline_runs_the_model_calls_side_by_side(executor):
+    pipeline, model, _ = make(executor, FakeModel(latency=0.3))
+    pipeline.run(REQUEST, "r")
+    assert model.max_in_flight == 4
+
+
+def test_pipeline_picks_a_new_name_when_a_key_is_taken(executor):
+    store = MemoryStore()
+    pipeline, _, _ = make(executor, store=store)
+    taken = []
+    original_put = store.put_new
+
+    def put_once_taken(key, data, metadata):
+        if len(taken) < 4 and key not in taken:
+            taken.append(key)
+            raise KeyExists(key)
+        original_put(key, data, metadata)
+
+    store.put_new = put_once_taken
+    manifest = pipeline.run(REQUEST, "r")
+    assert len(manifest["images"]) == 4
+    assert len(taken) == 4 and not set(manifest["images"]) & set(taken)
+
+
+def test_pipeline_reports_partial_success(executor):
+    model = FakeModel(errors=[None, ModelThrottled("slow down"), None, None])
+    pipeline, _, store = make(executor, model)
+    manifest = pipeline.run(REQUEST, "r")
+    assert len(manifest["images"]) == 3
+    assert [e["code"] for e in manifest["errors"]] == ["model_throttled"]
+    assert set(manifest["images"]) == set(store.objects)
+
+
+def test_pipeline_raises_the_common_cause_when_every_image_fails(executor):
+    errors = [ContentFiltered("blocked"), ModelThrottled("a"), ModelThrottled("b"), ModelThrottled("c")]
+    pipeline, _, store = make(executor, FakeModel(errors=errors))
+    with pytest.raises(ModelThrottled):
+        pipeline.run(REQUEST, "r")
+    assert store.objects == {}
+
+
+def test_pipeline_rejects_an_image_of_the_wrong_size(executor):
+    pipeline, _, store = make(executor, FakeModel(size=(256, 256)))
+    with pytest.raises(Exception) as caught:
+        pipeline.run(REQUEST, "r")
+    assert caught.value.code == "model_failed" and store.objects == {}
+
+
+def test_pipeline_answers_504_at_the_deadline_and_reports_only_stored_keys(executor):
+    model = FakeModel(latency=1.0)
+    pipeline, _, store = make(executor, model, deadline_seconds=0.3)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as caught:
+        pipeline.run(REQUEST, "r")
+    assert time.monotonic() - started < 0.9
+    assert all(key in store.objects for key in caught.value.extra["images"])
+
+
+def test_pipeline_never_starts_a_queued_call_after_the_deadline():
+    with ThreadPoolExecutor(max_workers=1) as one_thread:
+        model = FakeModel(latency=0.4)
+        pipeline, _, _ = make(one_thread, model, deadline_seconds=0.2)
+        with pytest.raises(DeadlineExceeded):
+            pipeline.run(REQUEST, "r")
+    assert model.calls == 1
+
+
+def test_pipeline_blurs_flagged_images_and_quarantines_the_original(executor):
+    screener = FakeScreener(flag_all=True)
+    pipeline, _, store = make(executor, screener=screener, quarantine_prefix="quarantine/")
+    manifest = pipeline.run(REQUEST, "r")
+    originals = set(screener.seen)
+    for detail in manifest["image_details"]:
+        assert detail["moderation"]["verdict"] == "flagged"
+        assert detail["moderation"]["action"] == "blurred"
+        assert detail["moderation"]["labels"][0] == {"name": "Graphic Violence", "parent": "Violence",
+                                                     "confidence": 97.5}
+        published, _ = store.objects[detail["key"]]
+        assert published not in originals and png_size(published) == (512, 512)
+        edges = Image.open(io.BytesIO(published)).convert("L").filter(ImageFilter.FIND_EDGES)
+        # Placeholders have hard edges and text; a blur strong enough leaves only soft gradients.
+        assert ImageStat.Stat(edges.crop((8, 8, 504, 504))).extrema[0][1] < 40
+    quarantined = [k for k in store.objects if k.startswith("quarantine/")]
+    assert len(quarantined) == 4
+    assert {store.objects[k][0] for k in quarantined} == originals
+
+
+def test_pipeline_withholds_flagged_originals_when_told(executor):
+    pipeline, _, store = make(executor, screener=FakeScreener(flag_all=True), flagged_action="withhold")
+    manifest = pipeline.run(REQUEST, "r")
+    assert {d["moderation"]["action"] for d in manifest["image_details"]} == {"blurred_withheld"}
+    assert set(store.objects) == set(manifest["images"])
+
+
+def test_pipeline_fails_closed_when_screening_fails(executor):
+    pipeline, _, store = make(executor, screener=FakeScreener(fail=True))
+    with pytest.raises(Exception) as caught:
+        pipeline.run(REQUEST, "r")
+    assert caught.value.code == "screening_failed" and caught.value.status == 503
+    assert store.objects == {}
+
+
+def test_pipeline_reports_a_store_failure_and_no_key(executor):
+    pipeline, _, _ = make(executor, store=MemoryStore(fail=StoreFailed("disk full")))
+    with pytest.raises(StoreFailed):
+        pipeline.run(REQUEST, "r")
+
+
+def test_pipeline_keys_stay_distinct_across_concurrent_requests(executor):
+    pipeline, _, store = make(executor)
+    with ThreadPoolExecutor(max_workers=8) as callers:
+        manifests = list(callers.map(lambda i: pipeline.run(REQUEST, f"r{i}"), range(8)))
+    keys = [k for m in manifests for k in m["images"]]
+    assert len(keys) == 32 and len(set(keys)) == 32 and set(keys) == set(store.objects)
