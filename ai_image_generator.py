@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from errors import InvalidRequest, ServiceError
 from model_profiles import PROFILES
+from openapi import openapi_document
 from request_validation import SEGMENT, parse_generation_request
 from services import Services, build_services
 from settings import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/readyz", "readyz", readyz)
     app.add_url_rule("/generate_images", "generate_images", generate_images, methods=["POST"])
     app.add_url_rule("/images/<path:key>", "image", image)
+    app.add_url_rule("/openapi.json", "openapi", openapi)
     return app
 
 
@@ -158,6 +160,11 @@ def generate_images():
         for detail in manifest["image_details"]:
             detail["url"] = f"{base}/images/{detail['key']}"
     return _json(manifest)
+
+
+def openapi():
+    """The OpenAPI 3.1 document, with the limits of the model this service runs."""
+    return _json(openapi_document(PROFILES[_settings().model_id]))
 
 
 def image(key: str):

@@ -59,11 +59,18 @@ def _text(body, name, profile, errors, *, required):
     if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
         errors.append({"field": name, "message": "must not contain control characters"})
         return None
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        # A lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8 for the model.
+        errors.append({"field": name, "message": "must be valid Unicode text"})
+        return None
     return value
 
 
 def _integer(body, name, low, high, default, errors):
     value = body.get(name, default)
+    # JSON has one number type: 4.0 is the integer 4 to a JSON Schema validator, so accept it too.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     # bool is an int in Python; a caller who sends true meant something else.
     if value is None or isinstance(value, bool) or not isinstance(value, int):
         if value is not None or name in body:
@@ -96,6 +103,10 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
                            "message": f"folder and prefix make keys of {key_bytes} bytes; "
                                       f"the limit is {MAX_KEY_BYTES}"})
     count = _integer(body, "count", 1, profile.max_images, DEFAULT_COUNT, errors)
+    if ("width" in body) != ("height" in body):
+        # A size is a pair: half of one would silently combine with the other half of the default.
+        errors.append({"field": "width" if "height" in body else "height",
+                       "message": "width and height must be given together"})
     width = _integer(body, "width", 1, 100_000, 1024, errors)
     height = _integer(body, "height", 1, 100_000, 1024, errors)
     if width and height and (width, height) not in profile.sizes:

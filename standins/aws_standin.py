@@ -1,0 +1,1393 @@
+"""HTTP stand-in for Bedrock Runtime InvokeModel and Rekognition DetectModerationLabels.
+
+Wire formats, limits, status codes and messages follow /work/shared/aws-reference.md
+(sections 1, 2, 4 and the checklist in section 7). Run it as
+``python -m standins.aws_standin --port 0`` (prints ``READY <url>``) or in-process via
+``StandinServer``. Prompt markers: ``[[blocked]]`` (400 content filter), ``[[blocked-output]]``
+(200 with "error"), ``[[flag:<label>]]`` (Rekognition reports that label). Control API:
+``GET /_standin/stats``, ``GET|POST /_standin/config``, ``POST /_standin/reset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import random
+import re
+import signal
+import socketserver
+import struct
+import sys
+import threading
+import time
+import traceback
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+# --------------------------------------------------------------------------------------
+# Bedrock facts (reference sections 1 and 2)
+# --------------------------------------------------------------------------------------
+
+TITAN_V2 = "amazon.titan-image-generator-v2:0"
+NOVA_CANVAS = "amazon.nova-canvas-v1:0"
+
+TASK_TYPES = (
+    "TEXT_IMAGE",
+    "INPAINTING",
+    "OUTPAINTING",
+    "IMAGE_VARIATION",
+    "COLOR_GUIDED_GENERATION",
+    "BACKGROUND_REMOVAL",
+)
+TOP_KEYS = frozenset({"taskType", "textToImageParams", "imageGenerationConfig"})
+CONFIG_KEYS = frozenset({"quality", "numberOfImages", "height", "width", "cfgScale", "seed"})
+TEXT_KEYS = frozenset({"text", "negativeText", "conditionImage", "controlMode", "controlStrength"})
+QUALITIES = ("standard", "premium")
+CONTROL_MODES = ("CANNY_EDGE", "SEGMENTATION")
+
+PERMITTED_SIZES = frozenset({
+    (1024, 1024), (768, 768), (512, 512),
+    (768, 1152), (384, 576), (1152, 768), (576, 384),
+    (768, 1280), (384, 640), (1280, 768), (640, 384),
+    (896, 1152), (448, 576), (1152, 896), (576, 448),
+    (768, 1408), (384, 704), (1408, 768), (704, 384),
+    (640, 1408), (320, 704), (1408, 640), (704, 320),
+    (1152, 640), (1173, 640),
+})
+DOC_DEFAULT_SIDE = 1408  # the doc's per-side default; 1408x1408 itself is not permitted
+OMITTED_SIZE = (1024, 1024)  # stand-in choice when the caller sends neither width nor height
+DEFAULT_SEED = 42
+MAX_SEED = 2_147_483_646
+MAX_INVOKE_BODY = 25_000_000
+MAX_INPUT_SIDE = 1408
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Schema differences between the image models the stand-in knows."""
+
+    model_id: str
+    text_max: int
+    cfg_default: float
+    text_keys: frozenset
+
+
+MODELS = {
+    TITAN_V2: ModelSpec(TITAN_V2, 512, 8.0, TEXT_KEYS),
+    NOVA_CANVAS: ModelSpec(NOVA_CANVAS, 1024, 6.5, TEXT_KEYS | {"style"}),
+}
+FOUNDATION_ARN_RE = re.compile(r"^arn:aws[a-z-]*:bedrock:[a-z0-9-]*::foundation-model/(.+)$")
+
+ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+MALFORMED = "Malformed input request: {pointer}: {reason}, please reformat your input and try again."
+MALFORMED_PLAIN = "Malformed input request, please reformat your input and try again."
+BLOCKED_PROMPT_MESSAGE = (
+    "This request has been blocked by our content filters. Our filters automatically flagged "
+    "this prompt because it may conflict our AUP or AWS Responsible AI Policy. Please adjust "
+    "your text prompt to submit a new request."
+)
+# Exact service wording for output blocks is unknown (reference 1.12); keep both detectable
+# substrings so either classification rule matches.
+BLOCKED_OUTPUT_MESSAGE = (
+    "This request has been blocked by our content filters. Our filters automatically flagged "
+    "the generated image(s) because they may conflict our AUP or AWS Responsible AI Policy. "
+    "Please adjust your text prompt to submit a new request."
+)
+ACCESS_DENIED_MESSAGE = "You don't have access to the model with the specified model ID."
+EOL_MESSAGE = (
+    "This model version has reached the end of its life. "
+    "Please refer to the AWS documentation for more details."
+)
+UNKNOWN_MODEL_MESSAGE = "Could not resolve the foundation model from the provided model identifier."
+
+# code -> (HTTP status, message used when the stand-in injects it); statuses from section 2.3.
+BEDROCK_ERRORS: dict[str, tuple[int, str]] = {
+    "AccessDeniedException": (403, ACCESS_DENIED_MESSAGE),
+    "ResourceNotFoundException": (404, EOL_MESSAGE),
+    "ThrottlingException": (429, "Too many requests, please wait before trying again."),
+    "ModelTimeoutException": (408, "Model has timed out in processing the request. "
+                                   "Try your request again."),
+    "InternalServerException": (500, "The server encountered an internal error while "
+                                     "processing the request."),
+    "ServiceUnavailableException": (503, "Bedrock is unable to process your request."),
+    "ValidationException": (400, MALFORMED_PLAIN),
+    "ServiceQuotaExceededException": (400, "Your request exceeds the service quota for your "
+                                           "account. You can view your quotas at Service Quotas."),
+    "ModelNotReadyException": (429, "Model is not ready to serve inference requests. "
+                                    "The AWS SDK will automatically retry the operation."),
+    "ModelErrorException": (424, "The model returned an error while processing the request."),
+}
+
+MARK_BLOCKED = "[[blocked]]"
+MARK_BLOCKED_OUTPUT = "[[blocked-output]]"
+FLAG_RE = re.compile(r"\[\[flag:([^\]]+)\]\]")
+MODERATION_KEYWORD = "standin-moderation"
+
+# --------------------------------------------------------------------------------------
+# Rekognition facts (reference section 4)
+# --------------------------------------------------------------------------------------
+
+DETECT_TARGET = "RekognitionService.DetectModerationLabels"
+REK_MAX_BYTES = 5_242_880
+REK_MIN_SIDE = 80
+REK_MAX_SIDE = 10_000
+REK_DEFAULT_MIN_CONFIDENCE = 50.0
+MODERATION_MODEL_VERSION = "7.0"
+
+REKOGNITION_ERRORS: dict[str, tuple[int, str]] = {
+    "InvalidImageFormatException": (400, "Request has invalid image format"),
+    "ImageTooLargeException": (400, "Image is too large"),
+    "InvalidS3ObjectException": (400, "Unable to get object metadata from S3. Check object key, "
+                                      "region and/or access permissions."),
+    "InvalidParameterException": (400, "Request has invalid parameters"),
+    "AccessDeniedException": (400, "User is not authorized to perform: "
+                                   "rekognition:DetectModerationLabels"),
+    "ProvisionedThroughputExceededException": (400, "Provisioned rate exceeded."),
+    "ThrottlingException": (500, "Rate exceeded"),
+    "InternalServerError": (500, "Internal server error"),
+    "ResourceNotFoundException": (400, "The requested resource was not found."),
+    "ValidationException": (400, "1 validation error detected"),
+    "SerializationException": (400, "Could not parse the request body as JSON"),
+    "UnknownOperationException": (400, "The stand-in only implements DetectModerationLabels"),
+}
+
+# Taxonomy v7 (section 4.4): (L1, L2, L3 children).
+_TAXONOMY_ROWS = (
+    ("Explicit", "Explicit Nudity", ("Exposed Male Genitalia", "Exposed Female Genitalia",
+                                     "Exposed Buttocks or Anus", "Exposed Female Nipple")),
+    ("Explicit", "Explicit Sexual Activity", ()),
+    ("Explicit", "Sex Toys", ()),
+    ("Non-Explicit Nudity of Intimate parts and Kissing", "Non-Explicit Nudity",
+     ("Bare Back", "Exposed Male Nipple", "Partially Exposed Buttocks",
+      "Partially Exposed Female Breast", "Implied Nudity")),
+    ("Non-Explicit Nudity of Intimate parts and Kissing", "Obstructed Intimate Parts",
+     ("Obstructed Female Nipple", "Obstructed Male Genitalia")),
+    ("Non-Explicit Nudity of Intimate parts and Kissing", "Kissing on the Lips", ()),
+    ("Swimwear or Underwear", "Female Swimwear or Underwear", ()),
+    ("Swimwear or Underwear", "Male Swimwear or Underwear", ()),
+    ("Violence", "Weapons", ()),
+    ("Violence", "Graphic Violence", ("Weapon Violence", "Physical Violence", "Self-Harm",
+                                      "Blood & Gore", "Explosions and Blasts")),
+    ("Visually Disturbing", "Death and Emaciation", ("Emaciated Bodies", "Corpses")),
+    ("Visually Disturbing", "Crashes", ("Air Crash",)),
+    ("Drugs & Tobacco", "Products", ("Pills",)),
+    ("Drugs & Tobacco", "Drugs & Tobacco Paraphernalia & Use", ("Smoking",)),
+    ("Alcohol", "Alcohol Use", ("Drinking",)),
+    ("Alcohol", "Alcoholic Beverages", ()),
+    ("Rude Gestures", "Middle Finger", ()),
+    ("Gambling", "Gambling", ()),
+    ("Hate Symbols", "Nazi Party", ()),
+    ("Hate Symbols", "White Supremacy", ()),
+    ("Hate Symbols", "Extremist", ()),
+)
+
+
+def _build_taxonomy() -> dict[str, tuple[str, str, int]]:
+    """Map lower-cased label name -> (canonical name, parent name, taxonomy level)."""
+    table: dict[str, tuple[str, str, int]] = {}
+    for level1, level2, leaves in _TAXONOMY_ROWS:
+        table.setdefault(level1.lower(), (level1, "", 1))
+        # "Gambling" is both L1 and L2; keep it as L1 so its chain ends cleanly.
+        table.setdefault(level2.lower(), (level2, level1, 2))
+        for leaf in leaves:
+            table[leaf.lower()] = (leaf, level2, 3)
+    return table
+
+
+TAXONOMY = _build_taxonomy()
+
+# --------------------------------------------------------------------------------------
+# Knobs
+# --------------------------------------------------------------------------------------
+
+
+def _seconds(value: Any) -> float:
+    """Parse a non-negative duration in seconds."""
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"expected seconds >= 0, got {value!r}")
+    return number
+
+
+def _rate(value: Any) -> float:
+    """Parse a probability between 0 and 1."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"expected a rate in 0..1, got {value!r}")
+    return number
+
+
+def _percent(value: Any) -> float:
+    """Parse a confidence between 0 and 100."""
+    number = float(value)
+    if not 0.0 <= number <= 100.0:
+        raise ValueError(f"expected 0..100, got {value!r}")
+    return number
+
+
+def _flag(value: Any) -> bool:
+    """Parse a boolean that may arrive as a string from the CLI."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _names(value: Any) -> list[str]:
+    """Parse a list of names from a JSON list or a comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+def _one_of(*options: str) -> Callable[[Any], str]:
+    """Build a parser accepting exactly one of ``options``."""
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+    return parse
+
+
+def _codes(table: dict[str, tuple[int, str]]) -> Callable[[Any], list[str]]:
+    """Build a parser for a list of error codes known to ``table``."""
+    def parse(value: Any) -> list[str]:
+        codes = _names(value)
+        unknown = [code for code in codes if code not in table]
+        if unknown:
+            raise ValueError(f"unknown error code(s) {unknown}; known: {sorted(table)}")
+        return codes
+    return parse
+
+
+def _model_set(value: Any) -> frozenset:
+    """Parse a set of model ids."""
+    return frozenset(_names(value))
+
+
+def _optional_label(value: Any) -> str | None:
+    """Parse a label name, treating empty/None as 'off'."""
+    return str(value) if value not in (None, "") else None
+
+
+def _optional_int(value: Any) -> int | None:
+    """Parse an optional integer RNG seed."""
+    return None if value in (None, "") else int(value)
+
+
+# name -> (default, parser, help)
+KNOBS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
+    "latency": (0.0, _seconds, "seconds each InvokeModel takes"),
+    "latency_jitter": (0.0, _seconds, "+/- uniform jitter added to latency"),
+    "throttle_rate": (0.0, _rate, "probability of 429 ThrottlingException per invoke"),
+    "error_rate": (0.0, _rate, "probability of injecting error_code per invoke"),
+    "error_code": ("InternalServerException", _one_of(*BEDROCK_ERRORS), "code for error_rate"),
+    "fail_next": ([], _codes(BEDROCK_ERRORS), "codes returned by the next invokes, in order"),
+    "disabled_models": (frozenset(), _model_set, "model ids that are refused"),
+    "disabled_error": ("AccessDeniedException",
+                       _one_of("AccessDeniedException", "ResourceNotFoundException"),
+                       "error for disabled models (ResourceNotFoundException = end of life)"),
+    "png_kind": ("noise", _one_of("noise", "flat"), "noise (realistic size) or flat (tiny)"),
+    "rekognition_latency": (0.0, _seconds, "seconds each DetectModerationLabels takes"),
+    "rekognition_down": (False, _flag, "every DetectModerationLabels -> 500 InternalServerError"),
+    "rekognition_throttle_rate": (0.0, _rate, "probability of 500 ThrottlingException"),
+    "rekognition_fail_next": ([], _codes(REKOGNITION_ERRORS),
+                              "codes returned by the next DetectModerationLabels calls"),
+    "flag_all": (None, _optional_label, "label name reported for every image"),
+    "flag_confidence": (97.5, _percent, "confidence of reported moderation labels"),
+    "seed": (None, _optional_int, "RNG seed for reproducible fault sequences"),
+}
+
+
+def parse_knobs(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate and coerce knob values; raise ValueError on unknown names or bad values."""
+    unknown = sorted(set(values) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; known: {sorted(KNOBS)}")
+    parsed = {}
+    for name, value in values.items():
+        try:
+            parsed[name] = KNOBS[name][1](value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad value for {name}: {exc}") from None
+    return parsed
+
+
+def _jsonable(value: Any) -> Any:
+    """Copy lists and render sets as sorted lists so knob values serialise safely."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return list(value) if isinstance(value, list) else value
+
+
+# --------------------------------------------------------------------------------------
+# PNG synthesis
+# --------------------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ZLIB_HEADER = b"\x78\x01"  # deflate, 32K window, "fastest" level hint
+BAND_ROWS = 8
+ADLER_BASE = 65521
+# 16 grey levels: about 4 bits of entropy per byte, so a 1024x1024 RGB image deflates to
+# ~1.5 MB, the size of a real Titan PNG, instead of 3 MB of pure noise.
+NOISE_TABLE = bytes((byte & 0x0F) * 17 for byte in range(256))
+FLAT_GREY = 0x80
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """Frame ``data`` as a PNG chunk with length and CRC."""
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def text_chunk(keyword: str, value: str) -> bytes:
+    """Build a tEXt chunk (Latin-1 keyword and value)."""
+    return png_chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + value.encode("latin-1", "replace"))
+
+
+IEND_CHUNK = png_chunk(b"IEND", b"")
+
+
+def adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of A+B from adler(A), adler(B) and len(B), as zlib's adler32_combine."""
+    rem = len2 % ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % ADLER_BASE
+    sum1 = (sum1 + (adler2 & 0xFFFF) + ADLER_BASE - 1) % ADLER_BASE
+    sum2 = (sum2 + (adler1 >> 16) + (adler2 >> 16) + ADLER_BASE - rem) % ADLER_BASE
+    return (sum2 << 16) | sum1
+
+
+def _rows(pixels: bytes, row_bytes: int) -> bytes:
+    """Prefix each scanline with filter type 0 (None)."""
+    return b"".join(b"\0" + pixels[i:i + row_bytes] for i in range(0, len(pixels), row_bytes))
+
+
+def _deflate(raw: bytes, final: bool) -> bytes:
+    """Raw-deflate ``raw``; a non-final stream ends byte-aligned so another can follow."""
+    comp = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return comp.compress(raw) + comp.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+@dataclass(frozen=True)
+class PngTemplate:
+    """Per-size cached part of every generated image: everything below the first band."""
+
+    width: int
+    height: int
+    ihdr: bytes
+    body_chunk: bytes  # IDAT with the cached deflate data; its length is a multiple of 3
+    body_b64: bytes
+    carry: bytes  # last 0-2 deflate bytes, moved to the final IDAT to keep the 3-alignment
+    tail_len: int
+    tail_adler: int
+
+
+class PngFactory:
+    """Makes valid, distinct, realistically sized PNGs cheaply.
+
+    The image is a seed-specific band of BAND_ROWS rows followed by a per-size body that is
+    deflated once and cached. The two raw-deflate streams are concatenated (the first ends
+    with a sync flush), the Adler-32 is combined arithmetically, and chunk boundaries are
+    arranged so the cached body's base64 can be spliced in without re-encoding it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._templates: dict[tuple[int, int, str], PngTemplate] = {}
+
+    def template(self, width: int, height: int, kind: str) -> PngTemplate:
+        """Return (building once) the cached body for a size and kind."""
+        key = (width, height, kind)
+        template = self._templates.get(key)
+        if template is None:
+            with self._lock:
+                template = self._templates.get(key) or self._build(width, height, kind)
+                self._templates[key] = template
+        return template
+
+    def parts(self, width: int, height: int, kind: str, material: bytes,
+              texts: list[tuple[str, str]]) -> tuple[bytes, PngTemplate, bytes]:
+        """Return (prefix, template, suffix); prefix + body_chunk + suffix is the PNG."""
+        template = self.template(width, height, kind)
+        band = _rows(self._band_pixels(width, kind, material), width * 3)
+        idat_head = png_chunk(b"IDAT", ZLIB_HEADER + _deflate(band, final=False))
+        adler = adler32_combine(zlib.adler32(band), template.tail_adler, template.tail_len)
+        suffix = png_chunk(b"IDAT", template.carry + struct.pack(">I", adler)) + IEND_CHUNK
+        extra = b"".join(text_chunk(key, value) for key, value in texts)
+        id_value = f"standin {hashlib.blake2b(material, digest_size=8).hexdigest()}"
+        # Pad the id chunk so the prefix length is a multiple of 3 (base64 splice).
+        fixed = len(PNG_SIGNATURE) + len(template.ihdr) + len(extra) + len(idat_head)
+        fixed += len(text_chunk("standin-id", id_value))
+        id_chunk = text_chunk("standin-id", id_value + " " * (-fixed % 3))
+        prefix = PNG_SIGNATURE + template.ihdr + id_chunk + extra + idat_head
+        return prefix, template, suffix
+
+    def render(self, width: int, height: int, kind: str, material: bytes,
+               texts: list[tuple[str, str]] = ()) -> bytes:
+        """Return the PNG bytes."""
+        prefix, template, suffix = self.parts(width, height, kind, material, list(texts))
+        return prefix + template.body_chunk + suffix
+
+    def render_b64(self, width: int, height: int, kind: str, material: bytes,
+                   texts: list[tuple[str, str]] = ()) -> list[bytes]:
+        """Return the PNG as base64 pieces whose concatenation is base64(render(...))."""
+        prefix, template, suffix = self.parts(width, height, kind, material, list(texts))
+        return [base64.b64encode(prefix), template.body_b64, base64.b64encode(suffix)]
+
+    @staticmethod
+    def _band_pixels(width: int, kind: str, material: bytes) -> bytes:
+        """Seed-specific top band: noise from the seed, or a seed-derived flat colour."""
+        size = BAND_ROWS * width * 3
+        if kind == "flat":
+            return hashlib.blake2b(material, digest_size=3).digest() * (size // 3)
+        return random.Random(material).randbytes(size).translate(NOISE_TABLE)
+
+    @staticmethod
+    def _build(width: int, height: int, kind: str) -> PngTemplate:
+        """Deflate the shared body once for a size (the expensive part)."""
+        rows = height - BAND_ROWS
+        if rows <= 0:
+            raise ValueError(f"height must exceed {BAND_ROWS}")
+        size = rows * width * 3
+        if kind == "flat":
+            pixels = bytes([FLAT_GREY]) * size
+        else:
+            pixels = random.Random(f"{width}x{height}").randbytes(size).translate(NOISE_TABLE)
+        tail = _rows(pixels, width * 3)
+        deflated = _deflate(tail, final=True)
+        cut = len(deflated) - len(deflated) % 3  # chunk overhead (12) is already 0 mod 3
+        body_chunk = png_chunk(b"IDAT", deflated[:cut])
+        ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        return PngTemplate(width, height, ihdr, body_chunk, base64.b64encode(body_chunk),
+                           deflated[cut:], len(tail), zlib.adler32(tail))
+
+
+# --------------------------------------------------------------------------------------
+# Image inspection (Rekognition and conditionImage)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the stand-in needs to know about an uploaded image."""
+
+    fmt: str
+    width: int | None
+    height: int | None
+    labels: tuple[str, ...] = ()
+
+
+def inspect_image(data: bytes) -> ImageInfo | None:
+    """Identify a PNG or JPEG by walking its structure; None if it is neither."""
+    if data.startswith(PNG_SIGNATURE):
+        return _inspect_png(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _inspect_jpeg(data)
+    return None
+
+
+def _inspect_png(data: bytes) -> ImageInfo | None:
+    """Read IHDR and standin-moderation tEXt chunks without decoding pixels."""
+    pos, width, height, labels = 8, None, None, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        start = pos + 8
+        if width is None and (kind != b"IHDR" or length != 13):
+            return None  # IHDR must come first
+        if kind == b"IHDR":
+            width, height = struct.unpack_from(">II", data, start)
+        elif kind == b"tEXt":
+            keyword, _, value = data[start:start + length].partition(b"\0")
+            if keyword.decode("latin-1") == MODERATION_KEYWORD:
+                labels.append(value.decode("latin-1"))
+        elif kind == b"IEND":
+            break
+        pos = start + length + 4
+    if width is None:
+        return None
+    return ImageInfo("png", width, height, tuple(labels))
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _inspect_jpeg(data: bytes) -> ImageInfo:
+    """Read the SOF dimensions and 'standin-moderation:' COM segments of a JPEG."""
+    pos, width, height, labels = 2, None, None, []
+    prefix = (MODERATION_KEYWORD + ":").encode()
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 1 if marker == 0xFF else 2  # fill byte or parameterless marker
+            continue
+        (seg_len,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _SOF_MARKERS and pos + 9 <= len(data):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+        elif marker == 0xFE:
+            comment = data[pos + 4:pos + 2 + seg_len]
+            if comment.startswith(prefix):
+                labels.append(comment[len(prefix):].decode("latin-1"))
+        elif marker == 0xDA:
+            break  # entropy-coded data follows; no more headers worth reading
+        pos += 2 + seg_len
+    return ImageInfo("jpeg", width, height, tuple(labels))
+
+
+def moderation_labels(names: list[str], confidence: float, min_confidence: float) -> list[dict]:
+    """Expand label names to their full L3 -> L2 -> L1 chain, filtered by MinConfidence."""
+    if confidence < min_confidence:
+        return []
+    labels, seen = [], set()
+    for name in names:
+        for label, parent, level in _chain(name):
+            if label not in seen:
+                seen.add(label)
+                labels.append({"Confidence": confidence, "Name": label,
+                               "ParentName": parent, "TaxonomyLevel": level})
+    return labels
+
+
+def _chain(name: str) -> list[tuple[str, str, int]]:
+    """Return the label and its ancestors; unknown names are reported as top-level."""
+    entry = TAXONOMY.get(name.strip().lower())
+    if entry is None:
+        return [(name.strip(), "", 1)]
+    chain = [entry]
+    while chain[-1][1]:
+        chain.append(TAXONOMY[chain[-1][1].lower()])
+    return chain
+
+
+# --------------------------------------------------------------------------------------
+# Shared state: knobs, stats, RNG
+# --------------------------------------------------------------------------------------
+
+
+def _fresh_stats() -> dict[str, Any]:
+    """Zeroed counters."""
+    return {
+        "invoke_calls": 0,
+        "invoke_calls_by_model": Counter(),
+        "max_in_flight": 0,
+        "attempts": Counter(),
+        "retries_seen": 0,
+        "auth_schemes": Counter(),
+        "images_generated": 0,
+        "blocked_outputs": 0,
+        "errors_returned": Counter(),
+        "rekognition_calls": 0,
+        "rekognition_attempts": Counter(),
+        "rekognition_flagged": 0,
+        "rekognition_errors_returned": Counter(),
+    }
+
+
+class StandinState:
+    """Knobs, statistics and the RNG, shared by all request threads."""
+
+    def __init__(self, **knobs: Any) -> None:
+        self._lock = threading.Lock()
+        self._startup = parse_knobs(knobs)
+        self._knobs: dict[str, Any] = {}
+        self._rng = random.Random()
+        self._stats = _fresh_stats()
+        self._in_flight = 0
+        self.pngs = PngFactory()
+        self._apply({name: spec[0] for name, spec in KNOBS.items()} | self._startup)
+
+    def _apply(self, parsed: dict[str, Any]) -> None:
+        """Store parsed knobs (caller holds the lock or is the constructor)."""
+        for name, value in parsed.items():
+            self._knobs[name] = list(value) if isinstance(value, list) else value
+        if "seed" in parsed:
+            self._rng.seed(parsed["seed"])
+
+    def configure(self, **knobs: Any) -> dict[str, Any]:
+        """Change knobs at run time; returns the resulting knob values."""
+        parsed = parse_knobs(knobs)
+        with self._lock:
+            self._apply(parsed)
+        return self.knobs()
+
+    def knobs(self) -> dict[str, Any]:
+        """Current knob values, JSON-friendly."""
+        with self._lock:
+            return {name: _jsonable(value) for name, value in self._knobs.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of the knobs for one request."""
+        with self._lock:
+            return dict(self._knobs)
+
+    def reset(self) -> None:
+        """Zero the stats and put knobs back to their start-up values."""
+        defaults = {name: spec[0] for name, spec in KNOBS.items()}
+        with self._lock:
+            self._apply(defaults | self._startup)  # also reseeds the RNG
+            self._stats = _fresh_stats()
+            self._stats["max_in_flight"] = self._in_flight
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as plain JSON-friendly dicts."""
+        with self._lock:
+            out = {k: dict(v) if isinstance(v, Counter) else v for k, v in self._stats.items()}
+            out["in_flight"] = self._in_flight
+        out["attempts"] = {str(k): v for k, v in sorted(out["attempts"].items())}
+        out["rekognition_attempts"] = {
+            str(k): v for k, v in sorted(out["rekognition_attempts"].items())}
+        return out
+
+    def roll(self, rate: float) -> bool:
+        """True with probability ``rate`` (seedable for reproducible fault sequences)."""
+        if rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    def latency(self, base: float, jitter: float) -> float:
+        """Base latency plus uniform +/- jitter, never negative."""
+        if jitter <= 0:
+            return base
+        with self._lock:
+            return max(0.0, base + self._rng.uniform(-jitter, jitter))
+
+    def pop_fail(self, knob: str) -> str | None:
+        """Consume the next scripted error code from a fail-next queue."""
+        with self._lock:
+            queue = self._knobs[knob]
+            return queue.pop(0) if queue else None
+
+    def begin_invoke(self, model_id: str, headers: Any) -> None:
+        """Count an InvokeModel call and track concurrency."""
+        attempt, scheme = _attempt(headers), _auth_scheme(headers)
+        with self._lock:
+            self._in_flight += 1
+            stats = self._stats
+            stats["max_in_flight"] = max(stats["max_in_flight"], self._in_flight)
+            stats["invoke_calls"] += 1
+            stats["invoke_calls_by_model"][model_id] += 1
+            stats["auth_schemes"][scheme] += 1
+            if attempt is not None:
+                stats["attempts"][attempt] += 1
+                stats["retries_seen"] += attempt > 1
+
+    def end_invoke(self, reply: Reply) -> None:
+        """Finish an InvokeModel call and count its outcome."""
+        with self._lock:
+            self._in_flight -= 1
+            self._stats["images_generated"] += reply.images
+            self._stats["blocked_outputs"] += reply.blocked_output
+            if reply.error_code:
+                self._stats["errors_returned"][reply.error_code] += 1
+
+    def count_rekognition(self, attempt: int | None, reply: Reply, flagged: bool) -> None:
+        """Count a DetectModerationLabels call and its outcome."""
+        with self._lock:
+            self._stats["rekognition_calls"] += 1
+            if attempt is not None:
+                self._stats["rekognition_attempts"][attempt] += 1
+            self._stats["rekognition_flagged"] += flagged
+            if reply.error_code:
+                self._stats["rekognition_errors_returned"][reply.error_code] += 1
+
+
+# --------------------------------------------------------------------------------------
+# Replies
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """An HTTP response as status, headers and body pieces (written without joining)."""
+
+    status: int
+    headers: dict[str, str]
+    pieces: list[bytes]
+    error_code: str | None = None
+    images: int = 0
+    blocked_output: bool = False
+    flagged: bool = False
+
+
+def _request_id() -> str:
+    """A fresh request id like the x-amzn-RequestId AWS sends."""
+    return str(uuid.uuid4())
+
+
+def json_reply(status: int, payload: Any, content_type: str = "application/json") -> Reply:
+    """Serialise ``payload`` as the whole body."""
+    body = json.dumps(payload).encode()
+    return Reply(status, {"Content-Type": content_type, "x-amzn-RequestId": _request_id()}, [body])
+
+
+def bedrock_error(code: str, message: str | None = None, **extra: Any) -> Reply:
+    """A rest-json error: code in x-amzn-ErrorType, message in the body."""
+    status, default_message = BEDROCK_ERRORS[code]
+    reply = json_reply(status, {"message": message or default_message, **extra})
+    reply.headers["x-amzn-ErrorType"] = code + ERROR_TYPE_SUFFIX
+    reply.error_code = code
+    return reply
+
+
+def rekognition_error(code: str, message: str | None = None) -> Reply:
+    """A JSON 1.1 error: botocore reads the code only from the body __type (section 4.6)."""
+    status, default_message = REKOGNITION_ERRORS[code]
+    payload = {"__type": code, "Message": message or default_message}
+    reply = json_reply(status, payload, "application/x-amz-json-1.1")
+    reply.error_code = code
+    return reply
+
+
+def _auth_scheme(headers: Any) -> str:
+    """Which auth the client used (never verified): sigv4, bearer or none."""
+    authorization = headers.get("Authorization") or ""
+    if authorization.startswith("AWS4-HMAC-SHA256"):
+        return "sigv4"
+    return "bearer" if authorization.startswith("Bearer ") else ("none" if not authorization else "other")
+
+
+def _attempt(headers: Any) -> int | None:
+    """Attempt number from botocore's ``amz-sdk-request: attempt=N; max=M`` header."""
+    match = re.search(r"attempt=(\d+)", headers.get("amz-sdk-request") or "")
+    return int(match.group(1)) if match else None
+
+
+# --------------------------------------------------------------------------------------
+# InvokeModel
+# --------------------------------------------------------------------------------------
+
+
+class InvalidRequest(Exception):
+    """A request body that the real service would reject with ValidationException."""
+
+    @classmethod
+    def at(cls, pointer: str, reason: str) -> InvalidRequest:
+        """Build the schema-violation message Bedrock uses."""
+        return cls(MALFORMED.format(pointer=pointer, reason=reason))
+
+
+@dataclass(frozen=True)
+class TextImageRequest:
+    """The validated parts of a TEXT_IMAGE body that shape the output."""
+
+    text: str
+    negative_text: str
+    count: int
+    width: int
+    height: int
+    seed: int
+    cfg_scale: float
+    quality: str
+
+
+_MISSING = object()
+
+
+def _json_type(value: Any) -> str:
+    """Name a JSON value's type the way the JSON-schema validator does."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    if isinstance(value, float):
+        return "BigDecimal"
+    if isinstance(value, str):
+        return "String"
+    return "JSONArray" if isinstance(value, list) else "JSONObject"
+
+
+def _object(value: Any, pointer: str, allowed: frozenset) -> dict:
+    """Require a JSON object with no keys outside ``allowed``."""
+    if not isinstance(value, dict):
+        raise InvalidRequest.at(pointer, f"expected type: JSONObject, found: {_json_type(value)}")
+    for key in value:
+        if key not in allowed:
+            raise InvalidRequest.at(pointer, f"extraneous key [{key}] is not permitted")
+    return value
+
+
+def _required(obj: dict, key: str, pointer: str) -> Any:
+    """Fetch a required key."""
+    if key not in obj:
+        raise InvalidRequest.at(pointer, f"required key [{key}] not found")
+    return obj[key]
+
+
+def _string(value: Any, pointer: str, min_len: int = 0, max_len: int | None = None) -> str:
+    """Require a string within length bounds."""
+    if not isinstance(value, str):
+        raise InvalidRequest.at(pointer, f"expected type: String, found: {_json_type(value)}")
+    if len(value) < min_len:
+        raise InvalidRequest.at(pointer, f"expected minLength: {min_len}, actual: {len(value)}")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidRequest.at(pointer, f"expected maxLength: {max_len}, actual: {len(value)}")
+    return value
+
+
+def _number(value: Any, pointer: str, low: float, high: float, integer: bool = False) -> Any:
+    """Require a number (or integer) within [low, high]."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or (integer and not isinstance(value, int)):
+        wanted = "Integer" if integer else "Number"
+        raise InvalidRequest.at(pointer, f"expected type: {wanted}, found: {_json_type(value)}")
+    if value < low:
+        raise InvalidRequest.at(pointer, f"{value} is not greater or equal to {low}")
+    if value > high:
+        raise InvalidRequest.at(pointer, f"{value} is not less or equal to {high}")
+    return value
+
+
+def _enum(value: Any, pointer: str, options: tuple[str, ...]) -> str:
+    """Require one of the enumerated strings."""
+    if value not in options or not isinstance(value, str):
+        raise InvalidRequest.at(pointer, f"{value} is not a valid enum value")
+    return value
+
+
+def _optional(obj: dict, key: str, default: Any) -> Any:
+    """Value of an optional key; an explicit null stays null so it fails type checks."""
+    value = obj.get(key, _MISSING)
+    return default if value is _MISSING else value
+
+
+def parse_text_image(spec: ModelSpec, body: bytes) -> TextImageRequest:
+    """Validate an InvokeModel body like the real schema does; raise InvalidRequest."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(MALFORMED_PLAIN) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest.at("#", f"expected type: JSONObject, found: {_json_type(doc)}")
+    task = _enum(_required(doc, "taskType", "#"), "#/taskType", TASK_TYPES)
+    if task != "TEXT_IMAGE":
+        raise InvalidRequest.at("#/taskType", f"{task} is not supported by stand-in")
+    _object(doc, "#", TOP_KEYS)
+    params = _object(_required(doc, "textToImageParams", "#"), "#/textToImageParams",
+                     spec.text_keys)
+    text, negative = _texts(spec, params)
+    config = _object(_optional(doc, "imageGenerationConfig", {}), "#/imageGenerationConfig",
+                     CONFIG_KEYS)
+    width, height = _size(config)
+    return TextImageRequest(
+        text=text,
+        negative_text=negative,
+        count=_number(_optional(config, "numberOfImages", 1),
+                      "#/imageGenerationConfig/numberOfImages", 1, 5, integer=True),
+        width=width,
+        height=height,
+        seed=_number(_optional(config, "seed", DEFAULT_SEED),
+                     "#/imageGenerationConfig/seed", 0, MAX_SEED, integer=True),
+        cfg_scale=_number(_optional(config, "cfgScale", spec.cfg_default),
+                          "#/imageGenerationConfig/cfgScale", 1.1, 10.0),
+        quality=_enum(_optional(config, "quality", "standard"),
+                      "#/imageGenerationConfig/quality", QUALITIES),
+    )
+
+
+def _texts(spec: ModelSpec, params: dict) -> tuple[str, str]:
+    """Validate text, negativeText, style and image conditioning."""
+    pointer = "#/textToImageParams"
+    text = _string(_required(params, "text", pointer), pointer + "/text", 1, spec.text_max)
+    negative = ""
+    if "negativeText" in params:
+        negative = _string(params["negativeText"], pointer + "/negativeText", 1, spec.text_max)
+    if "style" in params:
+        _string(params["style"], pointer + "/style", 1)
+    _conditioning(params, pointer)
+    return text, negative
+
+
+def _conditioning(params: dict, pointer: str) -> None:
+    """Validate the optional conditionImage / controlMode / controlStrength trio."""
+    if "controlMode" in params:
+        _enum(params["controlMode"], pointer + "/controlMode", CONTROL_MODES)
+    if "controlStrength" in params:
+        _number(params["controlStrength"], pointer + "/controlStrength", 0.0, 1.0)
+    if "conditionImage" not in params:
+        if "controlMode" in params or "controlStrength" in params:
+            raise InvalidRequest.at(pointer, "required key [conditionImage] not found")
+        return
+    image_pointer = pointer + "/conditionImage"
+    encoded = _string(params["conditionImage"], image_pointer, 1)
+    try:
+        info = inspect_image(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ValueError):
+        info = None
+    if info is None:
+        raise InvalidRequest.at(image_pointer, "image must be a base64-encoded PNG or JPEG")
+    if max(info.width or 0, info.height or 0) > MAX_INPUT_SIDE:
+        raise InvalidRequest.at(image_pointer, f"longer side must be <= {MAX_INPUT_SIDE}")
+
+
+def _size(config: dict) -> tuple[int, int]:
+    """Validate width/height as a pair from the permitted table."""
+    pointer = "#/imageGenerationConfig"
+    if "width" not in config and "height" not in config:
+        return OMITTED_SIZE
+    width = _number(_optional(config, "width", DOC_DEFAULT_SIDE), pointer + "/width",
+                    1, 10**6, integer=True)
+    height = _number(_optional(config, "height", DOC_DEFAULT_SIDE), pointer + "/height",
+                     1, 10**6, integer=True)
+    if (width, height) not in PERMITTED_SIZES:
+        raise InvalidRequest.at(pointer, f"width {width} and height {height} is not a "
+                                         "supported image size")
+    return width, height
+
+
+def resolve_model(model_id: str) -> ModelSpec | None:
+    """Map a model id or foundation-model ARN to a known model."""
+    match = FOUNDATION_ARN_RE.match(model_id)
+    return MODELS.get(match.group(1) if match else model_id)
+
+
+def _model_arn(model_id: str) -> str:
+    """Foundation-model ARN used as ModelErrorException.resourceName."""
+    if model_id.startswith("arn:"):
+        return model_id
+    return f"arn:aws:bedrock:us-east-1::foundation-model/{model_id}"
+
+
+def _injected(code: str, model_id: str) -> Reply:
+    """An error chosen by a knob, with the extra members its shape models."""
+    if code == "ModelErrorException":
+        return bedrock_error(code, originalStatusCode=500, resourceName=_model_arn(model_id))
+    return bedrock_error(code)
+
+
+def handle_invoke(state: StandinState, raw_model: str, headers: Any, body: bytes) -> Reply:
+    """Serve POST /model/<id>/invoke, counting concurrency and outcome."""
+    model_id = unquote(raw_model)  # one segment: an encoded '/' in an ARN stays inside it
+    state.begin_invoke(model_id, headers)
+    reply = None
+    try:
+        reply = _invoke(state, model_id, body)
+        return reply
+    finally:
+        state.end_invoke(reply or Reply(500, {}, [], error_code="InternalServerException"))
+
+
+def _invoke(state: StandinState, model_id: str, body: bytes) -> Reply:
+    """Fault injection, model access, validation, content filter, then generation."""
+    started = time.monotonic()
+    knobs = state.snapshot()
+    fault = _access_fault(state, knobs, model_id)
+    if fault is not None:
+        return fault
+    spec = resolve_model(model_id)
+    if len(body) > MAX_INVOKE_BODY:
+        return bedrock_error("ValidationException", "Input is too long for requested model.")
+    try:
+        request = parse_text_image(spec, body)
+    except InvalidRequest as exc:
+        return bedrock_error("ValidationException", str(exc))
+    if MARK_BLOCKED in request.text:
+        return bedrock_error("ValidationException", BLOCKED_PROMPT_MESSAGE)
+    time.sleep(state.latency(knobs["latency"], knobs["latency_jitter"]))
+    if MARK_BLOCKED_OUTPUT in request.text:
+        reply = json_reply(200, {"images": [], "error": BLOCKED_OUTPUT_MESSAGE})
+        reply.blocked_output = True
+    else:
+        reply = _images_reply(state, spec, request, knobs["png_kind"])
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    reply.headers["X-Amzn-Bedrock-Invocation-Latency"] = str(elapsed_ms)
+    return reply
+
+
+def _access_fault(state: StandinState, knobs: dict, model_id: str) -> Reply | None:
+    """Scripted/random faults and model availability, checked before the body is read."""
+    scripted = state.pop_fail("fail_next")
+    if scripted:
+        return _injected(scripted, model_id)
+    spec = resolve_model(model_id)
+    disabled = knobs["disabled_models"]
+    if model_id in disabled or (spec is not None and spec.model_id in disabled):
+        code = knobs["disabled_error"]
+        return bedrock_error(code, ACCESS_DENIED_MESSAGE if code == "AccessDeniedException"
+                             else EOL_MESSAGE)
+    if spec is None:
+        return bedrock_error("ResourceNotFoundException", UNKNOWN_MODEL_MESSAGE)
+    if state.roll(knobs["throttle_rate"]):
+        return bedrock_error("ThrottlingException")
+    if state.roll(knobs["error_rate"]):
+        return _injected(knobs["error_code"], model_id)
+    return None
+
+
+def _images_reply(state: StandinState, spec: ModelSpec, request: TextImageRequest,
+                  kind: str) -> Reply:
+    """Build {"images": [...], "error": null} from spliced base64 pieces."""
+    texts = [(MODERATION_KEYWORD, label.strip()) for label in FLAG_RE.findall(request.text)]
+    pieces = [b'{"images": [']
+    for index in range(request.count):
+        material = "\0".join((spec.model_id, request.text, request.negative_text,
+                              str(request.seed), str(index))).encode()
+        if index:
+            pieces.append(b", ")
+        pieces.append(b'"')
+        pieces.extend(state.pngs.render_b64(request.width, request.height, kind, material,
+                                            texts))
+        pieces.append(b'"')
+    pieces.append(b'], "error": null}')
+    headers = {"Content-Type": "application/json", "x-amzn-RequestId": _request_id()}
+    return Reply(200, headers, pieces, images=request.count)
+
+
+# --------------------------------------------------------------------------------------
+# DetectModerationLabels
+# --------------------------------------------------------------------------------------
+
+
+def handle_rekognition(state: StandinState, target: str, headers: Any, body: bytes) -> Reply:
+    """Serve POST / for the RekognitionService JSON 1.1 target."""
+    if target != DETECT_TARGET:
+        return rekognition_error("UnknownOperationException")
+    reply = _detect(state, body)
+    state.count_rekognition(_attempt(headers), reply, reply.flagged)
+    return reply
+
+
+def _detect(state: StandinState, body: bytes) -> Reply:
+    """Faults, request checks, then labels from the image's marker chunk."""
+    knobs = state.snapshot()
+    time.sleep(knobs["rekognition_latency"])
+    fault = _rekognition_fault(state, knobs)
+    if fault is not None:
+        return fault
+    try:
+        doc = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return rekognition_error("SerializationException")
+    if not isinstance(doc, dict):
+        return rekognition_error("SerializationException")
+    min_confidence = doc.get("MinConfidence", REK_DEFAULT_MIN_CONFIDENCE)
+    if (isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float))
+            or not 0 <= min_confidence <= 100):
+        return rekognition_error("InvalidParameterException")
+    image = _image_bytes(doc.get("Image"))
+    if isinstance(image, Reply):
+        return image
+    info = inspect_image(image)
+    problem = _image_problem(info)
+    if problem is not None:
+        return problem
+    names = list(info.labels) + ([knobs["flag_all"]] if knobs["flag_all"] else [])
+    labels = moderation_labels(names, knobs["flag_confidence"], float(min_confidence))
+    reply = json_reply(200, {"ModerationLabels": labels,
+                             "ModerationModelVersion": MODERATION_MODEL_VERSION,
+                             "ContentTypes": []}, "application/x-amz-json-1.1")
+    reply.flagged = bool(labels)
+    return reply
+
+
+def _rekognition_fault(state: StandinState, knobs: dict) -> Reply | None:
+    """Scripted, outage and throttling faults."""
+    scripted = state.pop_fail("rekognition_fail_next")
+    if scripted:
+        return rekognition_error(scripted)
+    if knobs["rekognition_down"]:
+        return rekognition_error("InternalServerError")
+    if state.roll(knobs["rekognition_throttle_rate"]):
+        return rekognition_error("ThrottlingException")
+    return None
+
+
+def _image_bytes(image: Any) -> bytes | Reply:
+    """Decode Image.Bytes, or the error Rekognition gives for the Image member."""
+    if image is None:
+        return rekognition_error("ValidationException", "1 validation error detected: Value null "
+                                 "at 'image' failed to satisfy constraint: "
+                                 "Member must not be null")
+    if not isinstance(image, dict) or ("Bytes" in image) == ("S3Object" in image):
+        return rekognition_error("InvalidParameterException")
+    if "S3Object" in image:
+        return rekognition_error("InvalidS3ObjectException")  # the stand-in has no S3
+    try:
+        data = base64.b64decode(image["Bytes"], validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return rekognition_error("SerializationException", "Invalid base64 in Image.Bytes")
+    if not 1 <= len(data) <= REK_MAX_BYTES:
+        bound = ("less than or equal to 5242880" if data else "greater than or equal to 1")
+        return rekognition_error(
+            "ValidationException",
+            f"1 validation error detected: Value 'java.nio.HeapByteBuffer[pos=0 lim={len(data)} "
+            f"cap={len(data)}]' at 'image.bytes' failed to satisfy constraint: "
+            f"Member must have length {bound}")
+    return data
+
+
+def _image_problem(info: ImageInfo | None) -> Reply | None:
+    """Format and dimension checks (section 4.5)."""
+    if info is None:
+        return rekognition_error("InvalidImageFormatException")
+    width, height = info.width, info.height
+    if width is None or height is None:
+        return None
+    if width > REK_MAX_SIDE or height > REK_MAX_SIDE:
+        return rekognition_error(
+            "ImageTooLargeException",
+            f"Input image dimensions {width} x {height} exceed maximum dimension size of "
+            f"{REK_MAX_SIDE} pixels")
+    if width < REK_MIN_SIDE or height < REK_MIN_SIDE:
+        # The reference gives no code for undersized images; treat them as unreadable.
+        return rekognition_error("InvalidImageFormatException")
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# HTTP plumbing
+# --------------------------------------------------------------------------------------
+
+INVOKE_PATH_RE = re.compile(r"^/model/([^/]+)/invoke$")
+CONTROL_PREFIX = "/_standin/"
+
+
+def route_post(state: StandinState, path: str, headers: Any, body: bytes) -> Reply:
+    """Dispatch a POST to Bedrock, Rekognition or the control API."""
+    match = INVOKE_PATH_RE.match(path)
+    if match:
+        return handle_invoke(state, match.group(1), headers, body)
+    target = headers.get("X-Amz-Target")
+    if path == "/" and target:
+        return handle_rekognition(state, target, headers, body)
+    if path.startswith(CONTROL_PREFIX):
+        return _control_post(state, path[len(CONTROL_PREFIX):], body)
+    return _not_found(path)
+
+
+def route_get(state: StandinState, path: str) -> Reply:
+    """Dispatch a GET to the control API."""
+    name = path[len(CONTROL_PREFIX):] if path.startswith(CONTROL_PREFIX) else None
+    if name == "stats":
+        return json_reply(200, state.stats())
+    if name == "config":
+        return json_reply(200, state.knobs())
+    if name == "health":
+        return json_reply(200, {"ok": True})
+    return _not_found(path)
+
+
+def _control_post(state: StandinState, name: str, body: bytes) -> Reply:
+    """POST /_standin/config (merge knobs) and /_standin/reset."""
+    if name == "reset":
+        state.reset()
+        return json_reply(200, {"ok": True})
+    if name != "config":
+        return _not_found(CONTROL_PREFIX + name)
+    try:
+        values = json.loads(body or b"{}")
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object of knob values")
+        return json_reply(200, state.configure(**values))
+    except ValueError as exc:
+        return json_reply(400, {"message": str(exc)})
+
+
+def _not_found(path: str) -> Reply:
+    """Unknown route."""
+    reply = json_reply(404, {"message": f"No stand-in route for {path}"})
+    reply.headers["x-amzn-ErrorType"] = "UnknownOperationException" + ERROR_TYPE_SUFFIX
+    return reply
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One thread per connection; keep-alive like the real endpoints."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "aws-standin"
+    sys_version = ""
+
+    def do_POST(self) -> None:
+        """Read the whole body first so errors never desynchronise keep-alive."""
+        body = self._read_body()
+        self._dispatch(lambda path: route_post(self.server.state, path, self.headers, body))
+
+    def do_GET(self) -> None:
+        """Control API reads."""
+        self._dispatch(lambda path: route_get(self.server.state, path))
+
+    def _dispatch(self, route: Callable[[str], Reply]) -> None:
+        """Run a route, turning stand-in bugs into a visible 500."""
+        try:
+            reply = route(urlsplit(self.path).path)
+        except Exception:  # a bug in the stand-in must not look like a hung server
+            traceback.print_exc()
+            reply = bedrock_error("InternalServerException", "stand-in crashed; see its stderr")
+        self._send(reply)
+
+    def _read_body(self) -> bytes:
+        """Read Content-Length bytes (botocore always sends a length)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, reply: Reply) -> None:
+        """Write status, headers and body pieces; tolerate clients that gave up."""
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(sum(map(len, reply.pieces))))
+            self.end_headers()
+            for piece in reply.pieces:
+                self.wfile.write(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log only when asked: per-request stderr lines slow down benchmarks."""
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Threaded server sized for hundreds of concurrent slow calls."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: StandinState, verbose: bool) -> None:
+        self.state = state
+        self.verbose = verbose
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup, which can stall start-up."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class StandinServer:
+    """In-process handle: ``StandinServer(port=0, latency=0.5).start()``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False,
+                 **knobs: Any) -> None:
+        self.state = StandinState(**knobs)
+        self._httpd = _HTTPServer((host, port), self.state, verbose)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL for endpoint_url / AWS_ENDPOINT_URL_*."""
+        host = self._httpd.server_address[0]
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
+
+    def start(self) -> StandinServer:
+        """Serve on a background daemon thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.1},
+                                        name="aws-standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting requests and close the listening socket."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
+
+    def configure(self, **knobs: Any) -> dict[str, Any]:
+        """Change knobs at run time."""
+        return self.state.configure(**knobs)
+
+    def knobs(self) -> dict[str, Any]:
+        """Current knob values."""
+        return self.state.knobs()
+
+    def stats(self) -> dict[str, Any]:
+        """Current counters."""
+        return self.state.stats()
+
+    def reset(self) -> None:
+        """Zero counters, knobs back to their start-up values."""
+        self.state.reset()
+
+    def prewarm(self, sizes: list[tuple[int, int]], kind: str | None = None) -> None:
+        """Build PNG templates ahead of time so the first calls are not slower."""
+        for width, height in sizes:
+            self.state.pngs.template(width, height, kind or self.state.knobs()["png_kind"])
+
+    def __enter__(self) -> StandinServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def _size_list(value: str) -> list[tuple[int, int]]:
+    """Parse '1024x1024,512x512'."""
+    sizes = []
+    for item in _names(value):
+        width, _, height = item.lower().partition("x")
+        sizes.append((int(width), int(height)))
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags: --host/--port/--verbose/--prewarm plus one flag per knob."""
+    parser = argparse.ArgumentParser(prog="python -m standins.aws_standin", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--prewarm", type=_size_list, default=[],
+                        help="sizes to pre-build, e.g. 1024x1024,512x512")
+    for name, (default, parse, help_text) in KNOBS.items():
+        flag = "--" + name.replace("_", "-")
+        if parse is _flag:
+            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None,
+                                help=f"{help_text} (default: {_jsonable(default)})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server, print READY <url>, serve until SIGTERM/SIGINT."""
+    args = vars(build_parser().parse_args(argv))
+    knobs = {name: args[name] for name in KNOBS if args[name] is not None}
+    try:
+        server = StandinServer(args["host"], args["port"], verbose=args["verbose"], **knobs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server.prewarm(args["prewarm"])
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server.start()
+    print(f"READY {server.url}", flush=True)
+    try:
+        while not stopping.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
