@@ -11,9 +11,18 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from access import install_access
+from client_address import install_proxy_fix
+from cors import install_cors
 from errors import InvalidRequest, ServiceError
+from idempotency import Replay, fingerprint
+from keys_cli import keys as keys_cli
+from logging_setup import install_logging
+from metrics import install_metrics
 from model_profiles import PROFILES
 from openapi import openapi_document
+from rate_limits import install_rate_limits
+from request_summary import install_request_timing
 from request_validation import SEGMENT, parse_generation_request
 from services import Services, build_services
 from settings import Settings
@@ -30,6 +39,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = settings or Settings.from_env()
     services = services or build_services(settings)
     app = Flask(__name__)
+    install_logging(app, settings)
+    install_proxy_fix(app, settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # Keys are checked segment by segment; a merged '//' would hide an empty segment behind a redirect.
     app.url_map.merge_slashes = False
@@ -38,6 +49,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")
     app.before_request(_assign_request_id)
     app.after_request(_stamp_request_id)
+    install_request_timing(app)
+    install_access(app, settings)
+    install_rate_limits(app, settings)
+    install_cors(app, settings)
+    install_metrics(app, settings)
+    app.cli.add_command(keys_cli)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -72,12 +89,17 @@ def _stamp_request_id(response: Response) -> Response:
     return response
 
 
-def problem(status: int, title: str, detail: str, code: str, **extra) -> Response:
+def problem_body(status: int, title: str, detail: str, code: str, **extra) -> dict:
     """One JSON error shape for every failure (RFC 9457 problem details plus a code and the request id)."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code,
             "request_id": g.get("request_id", "")}
     body.update(extra)
-    return _json(body, status, PROBLEM_JSON)
+    return body
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra) -> Response:
+    """A problem answer; see problem_body."""
+    return _json(problem_body(status, title, detail, code, **extra), status, PROBLEM_JSON)
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -148,18 +170,43 @@ def _read_json_body():
 
 
 def generate_images():
-    """Generate, screen and store the images; answer the manifest."""
+    """Generate, screen and store the images; answer the manifest (or replay the first answer)."""
     settings = _settings()
     body = _read_json_body()
     generation = parse_generation_request(body, PROFILES[settings.model_id],
                                           default_quality=settings.default_quality,
                                           root_prefix=settings.s3_key_prefix if settings.store == "s3" else "")
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        return _json(_run(generation))
+    keys = _services().idempotency
+    claim = keys.begin(idempotency_key, g.get("api_key_name", ""), fingerprint(body), g.request_id)
+    if isinstance(claim, Replay):
+        response = _json(claim.body, claim.status, "application/json" if claim.status == 200 else PROBLEM_JSON)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    try:
+        manifest = _run(generation)
+    except ServiceError as error:
+        keys.finish(claim, error.status, problem_body(error.status, error.title, error.detail, error.code,
+                                                      **error.extra))
+        raise
+    except Exception:
+        keys.finish(claim, 500, {})
+        raise
+    keys.finish(claim, 200, manifest)
+    return _json(manifest)
+
+
+def _run(generation) -> dict:
+    """Run the pipeline and add offline URLs to the manifest."""
+    settings = _settings()
     manifest = _services().pipeline.run(generation, g.request_id)
     if settings.store == "filesystem":
         base = settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
         for detail in manifest["image_details"]:
             detail["url"] = f"{base}/images/{detail['key']}"
-    return _json(manifest)
+    return manifest
 
 
 def openapi():

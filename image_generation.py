@@ -12,6 +12,7 @@ from typing import Protocol
 
 from errors import DeadlineExceeded, KeyExists, ModelFailed, ServiceError, StoreFailed
 from png import blur_png, png_size
+from request_records import RequestRecords
 
 MAX_SEED = 2_147_483_646
 # A key can collide with one another request (or host) took at the same microsecond; a few new
@@ -156,6 +157,7 @@ class Pipeline:
         self.executor = executor
         self.config = config
         self.clock = KeyClock()
+        self.records = RequestRecords(store)
 
     def plan_seeds(self, request: GenerationRequest) -> list[int]:
         """The caller's seed for every image, else a distinct random seed each."""
@@ -175,19 +177,36 @@ class Pipeline:
         deadline = time.monotonic() + self.config.deadline_seconds
         results = [ImageResult(i, seed, request.width, request.height)
                    for i, seed in enumerate(self.plan_seeds(request))]
-        futures = [self.executor.submit(self._make_image, request, request_id, result, deadline)
+        # The started record goes in before any paid call: if the store cannot take it, stop here.
+        record_key = self.records.begin(request, request_id, self.model.model_id)
+        tracker = _Completion(len(results), lambda outcome: self.records.finish(
+            record_key, request_id, self.model.model_id, request, results, outcome))
+        futures = [self.executor.submit(self._make_image, request, request_id, result, deadline, tracker)
                    for result in results]
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        if pending:
+        if pending and tracker.hand_over_if_unfinished():
+            # The images still running are paid for: they are stored when they finish, and the last
+            # one writes the record, so the caller finds them there.
             stored = [r.key for r, f in zip(results, futures, strict=True) if f in done and r.key]
             raise DeadlineExceeded(
                 f"the deadline of {self.config.deadline_seconds:g} s passed with {len(pending)} of "
-                f"{len(futures)} images unfinished", images=stored)
-        return self._manifest(results, request_id)
+                f"{len(futures)} images unfinished; the rest are kept and listed in the request's record",
+                images=stored, record=record_key + ".json")
+        outcome = "complete" if all(r.key for r in results) else "partial" if any(r.key for r in results) \
+            else "failed"
+        self.records.finish(record_key, request_id, self.model.model_id, request, results, outcome)
+        return self._manifest(results, request_id, record_key + ".json")
 
     def _make_image(self, request: GenerationRequest, request_id: str, result: ImageResult,
-                    deadline: float) -> None:
+                    deadline: float, tracker: _Completion) -> None:
         """Generate, check, screen and store one image, recording any failure on `result`."""
+        try:
+            self._make_image_unguarded(request, request_id, result, deadline)
+        finally:
+            tracker.one_done()
+
+    def _make_image_unguarded(self, request: GenerationRequest, request_id: str, result: ImageResult,
+                              deadline: float) -> None:
         try:
             if time.monotonic() >= deadline:
                 # Queued past the deadline: the caller has had its 504; do not pay for this image.
@@ -240,7 +259,7 @@ class Pipeline:
         finally:
             result.timings[stage] = time.perf_counter() - start
 
-    def _manifest(self, results: list[ImageResult], request_id: str) -> dict:
+    def _manifest(self, results: list[ImageResult], request_id: str, record: str) -> dict:
         """The answer: `images` stays the plain list of keys; everything else beside it."""
         good = [r for r in results if r.key]
         failed = [r for r in results if r.error]
@@ -249,10 +268,14 @@ class Pipeline:
         manifest = {
             "images": [r.key for r in good],
             "request_id": request_id,
+            "record": record,
             "model_id": self.model.model_id,
             "image_details": [self._detail(r) for r in good],
             "errors": [{"index": r.index, "seed": r.seed, "status": r.error.status, "code": r.error.code,
                         "detail": r.error.detail} for r in failed],
+            # Images run side by side, so the slowest image's stage is that stage's wall time.
+            "timings_ms": {stage: round(max(r.timings.get(stage, 0.0) for r in results) * 1000, 1)
+                           for stage in ("model", "screening", "store")},
         }
         if self.model.placeholder:
             manifest["placeholder"] = True
@@ -265,6 +288,30 @@ class Pipeline:
         if self.model.placeholder:
             detail["placeholder"] = True
         return detail
+
+
+class _Completion:
+    """Counts a request's images down; hands the final record to the last one once the caller has gone."""
+
+    def __init__(self, count: int, finish):
+        self._lock = threading.Lock()
+        self._remaining = count
+        self._late = False
+        self._finish = finish
+
+    def one_done(self) -> None:
+        """Called by each image when it ends, stored or failed."""
+        with self._lock:
+            self._remaining -= 1
+            write = self._late and self._remaining == 0
+        if write:
+            self._finish("deadline_exceeded")
+
+    def hand_over_if_unfinished(self) -> bool:
+        """True (and the last image writes the record) unless every image has ended meanwhile."""
+        with self._lock:
+            self._late = self._remaining > 0
+            return self._late
 
 
 def _moderation_json(screening: Screening) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from idempotency import IdempotencyKeys
 from image_generation import ImageModel, ImageStore, Pipeline, PipelineConfig, Screener, ScreeningOff
 from settings import Settings
 
@@ -17,6 +18,7 @@ class Services:
     store: ImageStore
     screener: Screener
     pipeline: Pipeline
+    idempotency: IdempotencyKeys
 
 
 def build_model(settings: Settings) -> ImageModel:
@@ -54,4 +56,6 @@ def build_services(settings: Settings) -> Services:
     config = PipelineConfig(deadline_seconds=settings.request_deadline_seconds,
                             flagged_action=settings.flagged_action,
                             quarantine_prefix=settings.quarantine_prefix)
-    return Services(model, store, screener, Pipeline(model, store, screener, executor, config))
+    # A claim unanswered for twice the deadline (plus a margin) was left by a process that died.
+    idempotency = IdempotencyKeys(store, stale_after_seconds=2 * settings.request_deadline_seconds + 30)
+    return Services(model, store, screener, Pipeline(model, store, screener, executor, config), idempotency)

@@ -22,8 +22,8 @@ class FilesystemStore:
             raise StoreFailed(f"key {key!r} falls outside the store")
         return path
 
-    def put_new(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
-        """Write `data` at `key` atomically; KeyExists if the file is already there."""
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png") -> None:
+        """Write `data` at `key` atomically; KeyExists if the file is already there (metadata is not kept)."""
         path = self.path_for(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,24 @@ class FilesystemStore:
         except OSError as error:
             raise StoreFailed(f"could not write {key!r}: {error.strerror}") from error
 
+    def get(self, key: str) -> bytes | None:
+        """The bytes at `key`, or None when there is no such file."""
+        try:
+            return self.path_for(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise StoreFailed(f"could not read {key!r}: {error.strerror}") from error
+
+    def delete(self, key: str) -> None:
+        """Remove `key` if it is there."""
+        try:
+            self.path_for(key).unlink(missing_ok=True)
+        except OSError as error:
+            raise StoreFailed(f"could not delete {key!r}: {error.strerror}") from error
+
     def read(self, key: str) -> bytes:
-        """The bytes at `key`; FileNotFoundError when absent or hidden."""
+        """The bytes of a published image at `key`; FileNotFoundError when absent or hidden."""
         path = self.path_for(key)
         if any(part.startswith(".") for part in path.relative_to(self.root).parts):
             raise FileNotFoundError(key)

@@ -50,13 +50,25 @@ class MemoryStore:
         self.fail = fail
         self.lock = threading.Lock()
 
-    def put_new(self, key: str, data: bytes, metadata: dict) -> None:
+    def put_new(self, key: str, data: bytes, metadata: dict, content_type: str = "image/png") -> None:
         if self.fail:
             raise self.fail
         with self.lock:
             if key in self.objects:
                 raise KeyExists(key)
             self.objects[key] = (data, dict(metadata))
+
+    def get(self, key: str) -> bytes | None:
+        with self.lock:
+            return self.objects[key][0] if key in self.objects else None
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.objects.pop(key, None)
+
+    def images(self) -> dict:
+        """The published images only, without request records."""
+        return {k: v for k, v in self.objects.items() if "/." not in "/" + k}
 
     def check(self) -> None:
         pass

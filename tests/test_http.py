@@ -16,7 +16,13 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def files_under(folder) -> list[str]:
+    """Every file under `folder`, request records included."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def images_under(folder) -> list[str]:
+    """The published images under `folder`: no hidden record files."""
+    return [f for f in files_under(folder) if "/." not in "/" + f]
 
 
 def test_generate_images_answers_the_original_curl_line(client, data_dir):
@@ -30,7 +36,11 @@ def test_generate_images_answers_the_original_curl_line(client, data_dir):
         assert float(epoch) > 1.7e9
         with Image.open(data_dir / key) as image:
             assert image.format == "PNG" and image.size == (1024, 1024)
-    assert files_under(data_dir) == sorted(manifest["images"])
+    assert images_under(data_dir) == sorted(manifest["images"])
+    record = json.loads((data_dir / manifest["record"]).read_text())
+    assert record["status"] == "complete" and record["parameters"]["prompt"] == "red porsche"
+    assert [i["key"] for i in record["images"]] == manifest["images"]
+    assert (data_dir / manifest["record"].replace(".json", ".started.json")).exists()
 
 
 def test_generate_images_says_the_pictures_are_placeholders(client):

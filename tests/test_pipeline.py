@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,11 +66,11 @@ def test_pipeline_picks_a_new_name_when_a_key_is_taken(executor):
     taken = []
     original_put = store.put_new
 
-    def put_once_taken(key, data, metadata):
-        if len(taken) < 4 and key not in taken:
+    def put_once_taken(key, data, metadata, **kwargs):
+        if key.endswith(".png") and len(taken) < 4 and key not in taken:
             taken.append(key)
             raise KeyExists(key)
-        original_put(key, data, metadata)
+        original_put(key, data, metadata, **kwargs)
 
     store.put_new = put_once_taken
     manifest = pipeline.run(REQUEST, "r")
@@ -83,7 +84,7 @@ def test_pipeline_reports_partial_success(executor):
     manifest = pipeline.run(REQUEST, "r")
     assert len(manifest["images"]) == 3
     assert [e["code"] for e in manifest["errors"]] == ["model_throttled"]
-    assert set(manifest["images"]) == set(store.objects)
+    assert set(manifest["images"]) == set(store.images())
 
 
 def test_pipeline_raises_the_common_cause_when_every_image_fails(executor):
@@ -91,14 +92,14 @@ def test_pipeline_raises_the_common_cause_when_every_image_fails(executor):
     pipeline, _, store = make(executor, FakeModel(errors=errors))
     with pytest.raises(ModelThrottled):
         pipeline.run(REQUEST, "r")
-    assert store.objects == {}
+    assert store.images() == {}
 
 
 def test_pipeline_rejects_an_image_of_the_wrong_size(executor):
     pipeline, _, store = make(executor, FakeModel(size=(256, 256)))
     with pytest.raises(Exception) as caught:
         pipeline.run(REQUEST, "r")
-    assert caught.value.code == "model_failed" and store.objects == {}
+    assert caught.value.code == "model_failed" and store.images() == {}
 
 
 def test_pipeline_answers_504_at_the_deadline_and_reports_only_stored_keys(executor):
@@ -135,7 +136,7 @@ def test_pipeline_blurs_flagged_images_and_quarantines_the_original(executor):
         edges = Image.open(io.BytesIO(published)).convert("L").filter(ImageFilter.FIND_EDGES)
         # Placeholders have hard edges and text; a blur strong enough leaves only soft gradients.
         assert ImageStat.Stat(edges.crop((8, 8, 504, 504))).extrema[0][1] < 40
-    quarantined = [k for k in store.objects if k.startswith("quarantine/")]
+    quarantined = [k for k in store.images() if k.startswith("quarantine/")]
     assert len(quarantined) == 4
     assert {store.objects[k][0] for k in quarantined} == originals
 
@@ -144,7 +145,7 @@ def test_pipeline_withholds_flagged_originals_when_told(executor):
     pipeline, _, store = make(executor, screener=FakeScreener(flag_all=True), flagged_action="withhold")
     manifest = pipeline.run(REQUEST, "r")
     assert {d["moderation"]["action"] for d in manifest["image_details"]} == {"blurred_withheld"}
-    assert set(store.objects) == set(manifest["images"])
+    assert set(store.images()) == set(manifest["images"])
 
 
 def test_pipeline_fails_closed_when_screening_fails(executor):
@@ -152,7 +153,7 @@ def test_pipeline_fails_closed_when_screening_fails(executor):
     with pytest.raises(Exception) as caught:
         pipeline.run(REQUEST, "r")
     assert caught.value.code == "screening_failed" and caught.value.status == 503
-    assert store.objects == {}
+    assert store.images() == {}
 
 
 def test_pipeline_reports_a_store_failure_and_no_key(executor):
@@ -166,4 +167,48 @@ def test_pipeline_keys_stay_distinct_across_concurrent_requests(executor):
     with ThreadPoolExecutor(max_workers=8) as callers:
         manifests = list(callers.map(lambda i: pipeline.run(REQUEST, f"r{i}"), range(8)))
     keys = [k for m in manifests for k in m["images"]]
-    assert len(keys) == 32 and len(set(keys)) == 32 and set(keys) == set(store.objects)
+    assert len(keys) == 32 and len(set(keys)) == 32 and set(keys) == set(store.images())
+
+
+def test_pipeline_keeps_late_images_and_records_them_after_a_504(executor):
+    model = FakeModel(latency=0.5)
+    pipeline, _, store = make(executor, model, deadline_seconds=0.2)
+    with pytest.raises(DeadlineExceeded) as caught:
+        pipeline.run(REQUEST, "late-1")
+    record_key = caught.value.extra["record"]
+    assert record_key == "000/111/.requests/late-1.json"
+    for _ in range(50):
+        if store.get(record_key):
+            break
+        time.sleep(0.05)
+    record = json.loads(store.get(record_key))
+    assert record["status"] == "deadline_exceeded"
+    keys = [image["key"] for image in record["images"]]
+    assert len(keys) == 4 and all(key in store.images() for key in keys)
+    assert model.calls == 4
+
+
+def test_pipeline_records_every_request_that_reached_the_model(executor):
+    pipeline, _, store = make(executor, FakeModel(errors=[ModelThrottled("x")] * 4))
+    with pytest.raises(ModelThrottled):
+        pipeline.run(REQUEST, "rid")
+    started = json.loads(store.get("000/111/.requests/rid.started.json"))
+    assert started["status"] == "started" and started["parameters"]["prompt"] == "red porsche"
+    final = json.loads(store.get("000/111/.requests/rid.json"))
+    assert final["status"] == "failed"
+    assert [i["error"]["code"] for i in final["images"]] == ["model_throttled"] * 4
+
+
+def test_pipeline_keeps_both_records_when_a_request_id_is_reused(executor):
+    pipeline, _, store = make(executor)
+    first = pipeline.run(REQUEST, "same")["record"]
+    second = pipeline.run(REQUEST, "same")["record"]
+    assert first != second and store.get(first) and store.get(second)
+
+
+def test_pipeline_pays_for_nothing_when_the_store_refuses_the_record(executor):
+    model = FakeModel()
+    pipeline, _, _ = make(executor, model, store=MemoryStore(fail=StoreFailed("down")))
+    with pytest.raises(StoreFailed):
+        pipeline.run(REQUEST, "r")
+    assert model.calls == 0

@@ -1,0 +1,65 @@
+"""JSON records of each request that reached a model, kept in the store beside its images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import asdict
+
+from errors import KeyExists, ServiceError
+
+log = logging.getLogger("ai_image_generator.records")
+RECORD_FOLDER = ".requests"  # hidden: the image route never serves a dot segment
+
+
+class RequestRecords:
+    """Writes a 'started' record before any paid call and a final one once every image is done."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def begin(self, request, request_id: str, model_id: str) -> str:
+        """Write the started record and return the record's key (without suffix); StoreFailed stops the request."""
+        base = f"{request.output_folder}/{RECORD_FOLDER}/{request_id}"
+        document = {"request_id": request_id, "status": "started", "model_id": model_id,
+                    "started_at": time.time(), "parameters": asdict(request)}
+        for candidate in (base, f"{base}-{secrets.token_hex(4)}", f"{base}-{secrets.token_hex(8)}"):
+            try:
+                self.store.put_new(candidate + ".started.json", _encode(document), {"request-id": request_id},
+                                   content_type="application/json")
+                return candidate
+            except KeyExists:
+                # A caller reused a request id: keep both records, under a new name.
+                continue
+        raise KeyExists(base)
+
+    def finish(self, record_key: str, request_id: str, model_id: str, request, results, outcome: str) -> None:
+        """Write the final record: every image's key, seed, verdict or error. Never raises."""
+        document = {
+            "request_id": request_id, "status": outcome, "model_id": model_id, "finished_at": time.time(),
+            "parameters": asdict(request),
+            "images": [_image_entry(r) for r in results],
+        }
+        try:
+            self.store.put_new(record_key + ".json", _encode(document), {"request-id": request_id},
+                               content_type="application/json")
+        except (KeyExists, ServiceError) as error:
+            # The images are stored and the caller has its answer; a missing record must not undo that.
+            log.error("request %s: could not write its record %s.json: %s", request_id, record_key, error)
+
+
+def _image_entry(result) -> dict:
+    entry = {"index": result.index, "seed": result.seed, "key": result.key,
+             "width": result.width, "height": result.height}
+    if result.moderation is not None:
+        entry["moderation"] = {"verdict": result.moderation.verdict, "action": result.moderation.action,
+                               "labels": [asdict(label) for label in result.moderation.labels]}
+    if result.error is not None:
+        entry["error"] = {"status": result.error.status, "code": result.error.code, "detail": result.error.detail}
+    return entry
+
+
+def _encode(document: dict) -> bytes:
+    return json.dumps(document, ensure_ascii=False).encode()
