@@ -79,6 +79,21 @@ access_log_format = (
     'rid=%({x-request-id}i)s xff="%({x-forwarded-for}i)s" ua="%(a)s"'
 )
 
+
+def on_starting(server):
+    """Check the app's settings in the master, before gunicorn binds and tells systemd READY=1.
+
+    Workers import the app only after the fork, so without this a bad value would surface as a
+    worker boot loop; here it stops start-up with the setting's own message instead.
+    """
+    from settings import Settings, SettingsError  # the service folder is on sys.path (gunicorn chdir)
+
+    try:
+        Settings.from_env()
+    except SettingsError as error:
+        raise SystemExit(f"ai-image-generator will not start: {error}") from None
+
+
 # --- ladder guard -----------------------------------------------------------------
 # The deadline is the app's setting; refuse to start if an operator raised it past
 # the drain window, instead of letting a restart cut paid generations short.
