@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from model_profiles import ModelProfile
+from request_validation import MAX_FOLDER, MAX_PREFIX
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -28,8 +29,6 @@ def _json_response(description: str, schema: dict) -> dict:
 SEGMENT = r"(?!\.\.?(/|$))[A-Za-z0-9._-]+"
 # Some non-space character, and no control character but tab, newline and carriage return.
 TEXT = r"^(?=[\s\S]*\S)[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$"
-# Folder and prefix lengths that always leave room for "-<epoch>.png" within S3's 1024 bytes.
-MAX_FOLDER, MAX_PREFIX = 780, 200
 
 
 def _size_pairs(profile: ModelProfile) -> list[dict]:
@@ -133,7 +132,7 @@ def openapi_document(profile: ModelProfile) -> dict:
             "/generate_images": {"post": {
                 "summary": "Generate, screen and store images; answer the manifest",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
                                 "description": "A retried POST with the same key returns the first answer"}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _request_schema(profile)}}},

@@ -16,6 +16,8 @@ FIELDS = {"prompt", "output_folder", "file_name_prefix", "count", "negative_prom
 SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 # The longest suffix a key can get: "-" + epoch seconds with microseconds + ".png".
 KEY_SUFFIX_BYTES = len("-9999999999.999999.png")
+# Folder and prefix lengths that always leave room for the suffix within S3's 1024 bytes.
+MAX_FOLDER, MAX_PREFIX = 780, 200
 
 
 def _check_folder(value, errors):
@@ -24,6 +26,9 @@ def _check_folder(value, errors):
         return
     if value.startswith("/"):
         errors.append({"field": "output_folder", "message": "must not start with '/'"})
+        return
+    if len(value) > MAX_FOLDER:
+        errors.append({"field": "output_folder", "message": f"must be at most {MAX_FOLDER} characters"})
         return
     for segment in value.split("/"):
         if segment in ("", ".", ".."):
@@ -42,12 +47,14 @@ def _check_prefix(value, errors):
     elif value in (".", "..") or not SEGMENT.fullmatch(value):
         errors.append({"field": "file_name_prefix",
                        "message": "may hold only letters, digits, '-', '_' and '.', with no '/'"})
+    elif len(value) > MAX_PREFIX:
+        errors.append({"field": "file_name_prefix", "message": f"must be at most {MAX_PREFIX} characters"})
 
 
 def _text(body, name, profile, errors, *, required):
-    value = body.get(name)
-    if value is None and not required:
+    if name not in body and not required:
         return None
+    value = body.get(name)
     if not isinstance(value, str) or not value.strip():
         errors.append({"field": name, "message": "must be a non-empty string"})
         return None

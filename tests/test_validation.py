@@ -40,6 +40,9 @@ def test_validation_uses_nova_canvas_defaults_and_longer_prompt():
     ({"prompt": "x" * 513}, "prompt"),
     ({"prompt": "bad\x00byte"}, "prompt"),
     ({"negative_prompt": "y" * 513}, "negative_prompt"),
+    ({"negative_prompt": None}, "negative_prompt"),
+    ({"quality": None}, "quality"),
+    ({"cfg_scale": None}, "cfg_scale"),
     ({"output_folder": ...}, "output_folder"),
     ({"output_folder": "/etc"}, "output_folder"),
     ({"output_folder": "../etc"}, "output_folder"),
@@ -92,11 +95,18 @@ def test_validation_reports_every_bad_field_at_once():
 
 
 def test_validation_counts_the_root_prefix_in_the_key_length():
-    folder = "f" * 990
-    parse(output_folder=folder, file_name_prefix="p")
+    folder, prefix = "f" * 780, "p" * 200
+    parse(output_folder=folder, file_name_prefix=prefix)
     with pytest.raises(InvalidRequest):
-        parse_generation_request({**GOOD, "output_folder": folder, "file_name_prefix": "p"}, TITAN_V2,
-                                 default_quality="premium", root_prefix="r" * 20 + "/")
+        parse_generation_request({**GOOD, "output_folder": folder, "file_name_prefix": prefix}, TITAN_V2,
+                                 default_quality="premium", root_prefix="r" * 30 + "/")
+
+
+def test_validation_limits_folder_and_prefix_lengths():
+    with pytest.raises(InvalidRequest):
+        parse(output_folder="f" * 781)
+    with pytest.raises(InvalidRequest):
+        parse(file_name_prefix="p" * 201)
 
 
 def test_validation_accepts_every_allowed_option():
