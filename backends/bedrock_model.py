@@ -1,0 +1,190 @@
+"""The Bedrock image model: one InvokeModel per image (Titan Image Generator v2 or Nova Canvas)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import random
+import socket
+import time
+from urllib.parse import urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+
+from errors import (
+    ContentFiltered,
+    InvalidRequest,
+    ModelBusy,
+    ModelFailed,
+    ModelThrottled,
+    ModelTimeout,
+    ModelUnavailable,
+)
+from image_generation import ImageSpec
+from model_profiles import NOVA_CANVAS, TITAN_V2
+
+log = logging.getLogger(__name__)
+
+THROTTLED = {"ThrottlingException", "ServiceQuotaExceededException", "ModelNotReadyException"}
+UNAVAILABLE = {"AccessDeniedException", "ResourceNotFoundException"}
+FILTER_MARKERS = ("blocked by our content filters", "AUP or AWS Responsible AI")
+# How Bedrock words a retired or unknown model when it does not answer 403/404.
+LIFECYCLE_MARKERS = ("end of life", "end of its life", "legacy", "model identifier is invalid")
+# Back-off between throttled attempts: doubling from BASE, capped, half of it jittered.
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 8.0
+CHECK_TIMEOUT_SECONDS = 2.0
+# Where Bedrock's schema errors point (`#/textToImageParams/text`) -> the request field to name.
+POINTER_FIELDS = {"text": "prompt", "negativeText": "negative_prompt", "width": "width", "height": "height",
+                  "seed": "seed", "cfgScale": "cfg_scale", "quality": "quality"}
+
+
+class BedrockModel:
+    """Generates one PNG per call through bedrock-runtime InvokeModel; translates every AWS error."""
+
+    placeholder = False
+
+    def __init__(self, client, model_id: str, *, read_timeout: float, max_attempts: int = 4, sleep=time.sleep):
+        self.client = client
+        self.model_id = model_id
+        self.read_timeout = read_timeout
+        self.max_attempts = max_attempts
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings) -> BedrockModel:
+        """The model the settings name, on this process's Bedrock Runtime client."""
+        from backends.aws_clients import bedrock_runtime_client
+
+        return cls(bedrock_runtime_client(settings), settings.bedrock_model_id,
+                   read_timeout=settings.bedrock_read_timeout_seconds, max_attempts=settings.bedrock_max_attempts)
+
+    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
+        """Return the PNG bytes of one image, retrying throttling only while an attempt can still finish."""
+        body = json.dumps(request_body(spec)).encode()
+        # The first attempt always goes: the pipeline starts no image once the deadline has passed.
+        attempt = 1
+        while True:
+            try:
+                return self._invoke(body)
+            except ClientError as error:
+                if error_code(error) not in THROTTLED:
+                    raise translate(error, self.model_id) from error
+                delay = backoff(attempt)
+                # A retry must be able to wait out its back-off and a whole read time-out before the
+                # deadline; otherwise it could still be generating (and billing) after the caller's 504.
+                if attempt >= self.max_attempts or time.monotonic() + delay + self.read_timeout > deadline:
+                    raise ModelThrottled(
+                        f"Bedrock kept throttling {self.model_id} ({error_code(error)}) after {attempt} "
+                        f"attempt(s); try again shortly", retry_after=max(1.0, backoff(attempt + 1))) from error
+                log.info("Bedrock throttled %s (%s); attempt %d in %.2f s", self.model_id, error_code(error),
+                         attempt + 1, delay)
+                self._sleep(delay)
+                attempt += 1
+            except ReadTimeoutError as error:
+                # Never re-sent: Bedrock may still be generating, and each send is billed.
+                raise ModelTimeout(f"Bedrock sent no answer within the read time-out of {self.read_timeout:g} s "
+                                   f"for {self.model_id}; the call was not repeated") from error
+            except BotoCoreError as error:
+                # Refused, dropped or unresolvable: not re-sent here, as a dropped call may already be billed.
+                raise ModelBusy(f"could not reach Bedrock Runtime: {type(error).__name__}",
+                                retry_after=5) from error
+
+    def _invoke(self, body: bytes) -> bytes:
+        response = self.client.invoke_model(modelId=self.model_id, body=body, contentType="application/json",
+                                            accept="application/json")
+        # Read the whole body: the connection goes back to the pool only then.
+        return decode_image(response["body"].read())
+
+    def check(self) -> None:
+        """Raise ModelBusy unless Bedrock Runtime's endpoint accepts a TCP connection (no IAM needed)."""
+        url = urlsplit(self.client.meta.endpoint_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=CHECK_TIMEOUT_SECONDS).close()
+        except OSError as error:
+            raise ModelBusy(f"cannot connect to Bedrock Runtime at {url.hostname}:{port}: {error}") from error
+
+
+def request_body(spec: ImageSpec) -> dict:
+    """The TEXT_IMAGE body; Titan v2 and Nova Canvas take the same one, one image per call."""
+    text_params = {"text": spec.prompt}
+    if spec.negative_prompt:
+        text_params["negativeText"] = spec.negative_prompt
+    return {
+        "taskType": "TEXT_IMAGE",
+        "textToImageParams": text_params,
+        "imageGenerationConfig": {"numberOfImages": 1, "width": spec.width, "height": spec.height,
+                                  "quality": spec.quality, "cfgScale": spec.cfg_scale, "seed": spec.seed},
+    }
+
+
+def decode_image(raw: bytes) -> bytes:
+    """The one image of a 200 answer, base64-decoded once; ContentFiltered when the answer carries an error."""
+    try:
+        answer = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ModelFailed("Bedrock answered with a body that is not JSON") from error
+    if not isinstance(answer, dict):
+        raise ModelFailed("Bedrock answered with JSON that is not an object")
+    if answer.get("error"):
+        raise ContentFiltered(f"the model's content filter blocked the generated image: {answer['error']}")
+    images = answer.get("images")
+    if not isinstance(images, list) or len(images) != 1 or not isinstance(images[0], str):
+        count = len(images) if isinstance(images, list) else 0
+        raise ModelFailed(f"Bedrock answered with {count} images instead of exactly one")
+    try:
+        return base64.b64decode(images[0], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ModelFailed("Bedrock answered with an image that is not valid base64") from error
+
+
+def error_code(error: ClientError) -> str:
+    """botocore's error code, e.g. ThrottlingException."""
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after attempt `attempt` failed: exponential, capped, with jitter against lockstep retries."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def translate(error: ClientError, model_id: str):
+    """The service error for a Bedrock error that is not retried."""
+    code = error_code(error)
+    message = error.response.get("Error", {}).get("Message", "")
+    lowered = message.lower()
+    if code == "ValidationException" and any(m.lower() in lowered for m in FILTER_MARKERS):
+        return ContentFiltered(f"the model's content filter (Amazon Bedrock, AUP / Responsible AI policy) "
+                               f"blocked the prompt: {message}")
+    if code in UNAVAILABLE or any(m in lowered for m in LIFECYCLE_MARKERS):
+        return ModelUnavailable(unavailable_detail(model_id, code, message))
+    if code == "ValidationException":
+        return rejected_request(model_id, message)
+    if code == "ModelTimeoutException":
+        return ModelTimeout(f"Bedrock timed out generating with {model_id}: {message}")
+    if code == "ServiceUnavailableException":
+        return ModelBusy(f"Bedrock is temporarily unavailable: {message}", retry_after=10)
+    # InternalServerException, ModelErrorException and anything unmodelled.
+    return ModelFailed(f"Bedrock failed to generate with {model_id} ({code}: {message})")
+
+
+def unavailable_detail(model_id: str, code: str, message: str) -> str:
+    """What the operator must change when Bedrock refuses the model itself."""
+    detail = f"Bedrock refused model {model_id} ({code}: {message})."
+    if model_id == TITAN_V2.model_id:
+        return (f"{detail} Titan Image Generator v2 reached end of life on 2026-06-30: set "
+                f"AIG_BEDROCK_MODEL_ID={NOVA_CANVAS.model_id} and grant bedrock:InvokeModel on it")
+    return (f"{detail} Enable access to {model_id} in this region's Bedrock console, grant bedrock:InvokeModel "
+            f"on it, or set AIG_BEDROCK_MODEL_ID to a model this account may use")
+
+
+def rejected_request(model_id: str, message: str) -> InvalidRequest:
+    """A 400 naming the field Bedrock's schema check points at; our own validation should have caught it."""
+    log.warning("Bedrock rejected a request that passed validation for %s: %s", model_id, message)
+    pointer = message.split("#/", 1)[1].split(":", 1)[0] if "#/" in message else ""
+    field = POINTER_FIELDS.get(pointer.rsplit("/", 1)[-1], "body")
+    return InvalidRequest([{"field": field, "message": f"{model_id} rejected it: {message}"}])
