@@ -206,6 +206,10 @@ def _run(generation) -> dict:
         base = settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
         for detail in manifest["image_details"]:
             detail["url"] = f"{base}/images/{detail['key']}"
+    else:
+        # `images` keeps the caller's keys, as before; the object's full address goes beside it.
+        for detail in manifest["image_details"]:
+            detail["s3_uri"] = f"s3://{settings.s3_bucket}/{settings.s3_key_prefix}{detail['key']}"
     return manifest
 
 

@@ -80,10 +80,16 @@ class ImageModel(Protocol):
 
 
 class ImageStore(Protocol):
-    """Keeps images; never overwrites."""
+    """Keeps images and the service's small JSON documents; never overwrites."""
 
-    def put_new(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png") -> None:
         """Store `data` at `key` unless the key exists (then raise KeyExists)."""
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes at `key`, or None when absent."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key` if present (used only to release idempotency claims)."""
 
     def check(self) -> None:
         """Raise if the store cannot be written to."""

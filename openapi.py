@@ -68,6 +68,7 @@ MANIFEST = {
     "properties": {
         "images": {"type": "array", "items": {"type": "string"}},
         "request_id": {"type": "string"},
+        "record": {"type": "string"},
         "model_id": {"type": "string"},
         "placeholder": {"type": "boolean"},
         "notice": {"type": "string"},
@@ -78,7 +79,7 @@ MANIFEST = {
             "properties": {
                 "key": {"type": "string"}, "seed": {"type": "integer"},
                 "width": {"type": "integer"}, "height": {"type": "integer"},
-                "placeholder": {"type": "boolean"}, "url": {"type": "string"},
+                "placeholder": {"type": "boolean"}, "url": {"type": "string"}, "s3_uri": {"type": "string"},
                 "moderation": {"type": "object", "required": ["verdict", "labels", "action"], "properties": {
                     "verdict": {"enum": ["clean", "flagged", "not_screened"]},
                     "action": {"enum": ["none", "blurred", "blurred_withheld"]},

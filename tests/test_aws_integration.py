@@ -78,6 +78,7 @@ def test_generate_images_stores_four_screened_pngs_with_metadata(aws_app, s3, bu
         assert stored["Metadata"] == {"request-id": manifest["request_id"], "seed": str(detail["seed"]),
                                       "model-id": TITAN}
         assert detail["moderation"] == {"verdict": "clean", "labels": [], "action": "none"}
+        assert detail["s3_uri"] == f"s3://{bucket}/{detail['key']}"
     stats = standin.stats()
     assert stats["invoke_calls"] == 4 and stats["rekognition_calls"] == 4
 
@@ -94,6 +95,8 @@ def test_generate_images_calls_the_model_four_times_side_by_side(aws_app, standi
 def test_generate_images_writes_under_the_configured_key_prefix(aws_app, s3, bucket):
     manifest = post(aws_app(AIG_S3_KEY_PREFIX="tenant-a"), count=2).get_json()
     assert keys_in(s3, bucket) == sorted("tenant-a/" + key for key in manifest["images"])
+    assert {d["s3_uri"] for d in manifest["image_details"]} == {f"s3://{bucket}/tenant-a/{k}"
+                                                               for k in manifest["images"]}
 
 
 def test_readyz_is_ready_against_moto_and_the_stand_in(aws_app):

@@ -300,7 +300,7 @@ def test_iam_policy_allows_only_the_three_services():
         listed = statement["Action"]
         actions.update([listed] if isinstance(listed, str) else listed)
     assert actions == {"bedrock:InvokeModel", "s3:PutObject", "s3:GetObject", "s3:ListBucket",
-                       "rekognition:DetectModerationLabels"}
+                       "s3:DeleteObject", "rekognition:DetectModerationLabels"}
 
 
 def test_iam_policy_scopes_each_resource():
@@ -321,6 +321,8 @@ def test_iam_policy_scopes_each_resource():
         for resource in allowed[action]:
             assert resource.startswith("arn:aws:s3:::${BUCKET}"), resource
     assert allowed["s3:GetObject"] == {"arn:aws:s3:::${BUCKET}/${PREFIX}*"}
+    # The only deletes are of idempotency claims, never of images.
+    assert allowed["s3:DeleteObject"] == {"arn:aws:s3:::${BUCKET}/${PREFIX}.idempotency/*"}
 
 
 def test_iam_placeholders_are_documented():
