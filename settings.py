@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from limits import parse_many
+
 from model_profiles import PLACEHOLDER_MODEL_ID, PROFILES
 
 PREFIX = "AIG_"
@@ -50,6 +52,27 @@ def _prefix(raw: str) -> str:
 
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _flag(name: str):
+    def parse(raw: str) -> bool:
+        value = raw.strip().lower()
+        if value not in ("0", "1", "true", "false", "yes", "no", "on", "off", ""):
+            raise SettingsError(f"{PREFIX}{name} must be 1 or 0, not {raw!r}")
+        return value in ("1", "true", "yes", "on")
+
+    return parse
+
+
+def _rate_limit(raw: str) -> str:
+    """A Flask-Limiter limit string such as `30/minute` or `10/minute;200/day`; empty turns limits off."""
+    value = raw.strip()
+    try:
+        if value:
+            parse_many(value)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}RATE_LIMIT must look like 30/minute or 10/minute;200/day, not {raw!r}") from None
+    return value
 
 
 def _setting(default, parse, doc: str):
@@ -99,6 +122,19 @@ class Settings:
                                     "Base URL put before `/images/<key>` in offline answers (default: the request's).")
     log_level: str = _setting("info", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")),
                               "Log level.")
+    api_keys_file: str = _setting("", _text,
+                                  "JSON file of hashed API keys (`flask --app wsgi keys ...`); empty: no keys asked.")
+    rate_limit: str = _setting("", _rate_limit,
+                               "Limit of POST /generate_images per API key (per client address when keys are off), "
+                               "e.g. `30/minute`; empty: none.")
+    redis_url: str = _setting("", _text,
+                              "Redis URL for rate-limit counters shared by all workers and hosts; empty: per process.")
+    trust_proxy: bool = _setting(False, _flag("TRUST_PROXY"),
+                                 "`1` behind exactly one proxy (nginx): take the client address from X-Forwarded-For.")
+    cors_origins: tuple[str, ...] = _setting((), _csv,
+                                             "Browser origins allowed by CORS, comma separated; empty: none.")
+    metrics_key: str = _setting("", _text,
+                                "Bearer key for /metrics from other hosts; empty: /metrics answers loopback only.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

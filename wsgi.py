@@ -1,8 +1,6 @@
 """The WSGI entry point: gunicorn serves `wsgi:ai_image_generator`."""
 
-import logging
-
 from ai_image_generator import create_app
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+# create_app() sets up logging itself (JSON lines on stdout, see logging_setup.py).
 ai_image_generator = create_app()

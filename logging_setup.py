@@ -1,0 +1,100 @@
+"""Logs as one JSON object a line on stdout (for journald), each with its request id, plus one access line a request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from flask import Flask, Response, g, has_request_context, request
+
+from request_summary import summarize
+from settings import Settings
+
+access_log = logging.getLogger("ai_image_generator.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request id, pid and any `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (newlines in messages and tracebacks stay escaped)."""
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+            # Several gunicorn workers share one stdout; the pid tells their lines apart.
+            "pid": record.process,
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request being served, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add `request_id` from flask.g; always keep the record."""
+        if not hasattr(record, "request_id"):
+            record.request_id = g.get("request_id") if has_request_context() else None
+        return True
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever sys.stdout is at the time (test runners swap it)."""
+
+    @property
+    def stream(self):
+        """The current sys.stdout."""
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(level: str = "info") -> None:
+    """Send every log record to stdout as JSON; calling it again replaces, never duplicates, the handler."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdoutHandler)]:
+        root.removeHandler(handler)
+    handler = StdoutHandler()
+    handler.setFormatter(JsonFormatter())
+    # On the handler, not a logger: logger filters do not see records propagated from child loggers.
+    handler.addFilter(RequestIdFilter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def install_logging(app: Flask, settings: Settings) -> None:
+    """Configure JSON logging and write one access line for every request the app answers."""
+    configure_logging(settings.log_level)
+    app.after_request(_access_line)
+
+
+def _access_line(response: Response) -> Response:
+    s = summarize(response)
+    access_log.info("%s %s %s %.1fms", s.method, request.path, s.status, s.duration_ms, extra={"fields": {
+        # The key's NAME only: the key itself is never logged.
+        "key": s.key_name,
+        "route": s.route,
+        "path": request.path,
+        "method": s.method,
+        "status": s.status,
+        "duration_ms": s.duration_ms,
+        "images": s.images,
+        "model_ms": s.stage_ms.get("model"),
+        "screening_ms": s.stage_ms.get("screening"),
+        "upload_ms": s.stage_ms.get("store"),
+        "flagged": s.flagged,
+        "failed": len(s.failed_codes),
+        "replayed": s.replayed,
+    }})
+    return response
