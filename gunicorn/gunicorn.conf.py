@@ -86,12 +86,25 @@ def on_starting(server):
     Workers import the app only after the fork, so without this a bad value would surface as a
     worker boot loop; here it stops start-up with the setting's own message instead.
     """
+    from api_keys import KeyFileError, read_keys
+    from metrics import wipe_multiproc_dir
     from settings import Settings, SettingsError  # the service folder is on sys.path (gunicorn chdir)
 
     try:
-        Settings.from_env()
-    except SettingsError as error:
+        settings = Settings.from_env()
+        if settings.api_keys_file:
+            read_keys(settings.api_keys_file)  # a broken keys file stops start-up, not each worker
+    except (SettingsError, KeyFileError) as error:
         raise SystemExit(f"ai-image-generator will not start: {error}") from None
+    # Metrics files of an earlier run would be summed into this run's numbers.
+    wipe_multiproc_dir(server)
+
+
+def child_exit(server, worker):
+    """Let the metrics forget the live gauges of a worker that exited."""
+    from metrics import child_exit as forget_worker
+
+    forget_worker(server, worker)
 
 
 # --- ladder guard -----------------------------------------------------------------
