@@ -215,7 +215,8 @@ def _run(generation) -> dict:
 
 def openapi():
     """The OpenAPI 3.1 document, with the limits of the model this service runs."""
-    return _json(openapi_document(PROFILES[_settings().model_id]))
+    settings = _settings()
+    return _json(openapi_document(PROFILES[settings.model_id], api_keys=bool(settings.api_keys_file)))
 
 
 def image(key: str):

@@ -14,6 +14,7 @@ def _problem_response(description: str) -> dict:
 
 def _problems(*statuses: int) -> dict:
     text = {400: "Invalid request or blocked by the content filter", 401: "Missing or wrong API key",
+            403: "Not served to this caller",
             404: "Not found", 405: "Method not allowed", 409: "The same Idempotency-Key is still running",
             413: "Body too large", 422: "Idempotency-Key reused with a different body",
             429: "Rate limited or the model is throttling (see Retry-After)", 500: "Internal error",
@@ -112,10 +113,10 @@ PROBLEM_SCHEMA = {
 }
 
 
-def openapi_document(profile: ModelProfile) -> dict:
-    """Every route, its bodies and every answer it can give."""
+def openapi_document(profile: ModelProfile, *, api_keys: bool = False) -> dict:
+    """Every route, its bodies and every answer it can give; with `api_keys`, the routes that need one."""
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {"title": "ai-image-generator", "version": "1.0.0",
                  "description": "Turns a prompt into images, screens them and stores them under a chosen "
@@ -145,6 +146,20 @@ def openapi_document(profile: ModelProfile) -> dict:
                 "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The PNG", "content": {"image/png": {}}},
                               **_problems(401, 404, 500)}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: to this host, or with the metrics key",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}},
+                              **_problems(401, 403, 500)}}},
         },
-        "components": {"schemas": {"Problem": PROBLEM_SCHEMA}},
+        "components": {
+            "schemas": {"Problem": PROBLEM_SCHEMA},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
     }
+    if api_keys:
+        for path in ("/generate_images", "/images/{key}", "/openapi.json"):
+            for operation in document["paths"][path].values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["responses"].setdefault("401", _problem_response("Missing or wrong API key"))
+    return document
