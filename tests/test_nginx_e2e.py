@@ -123,11 +123,12 @@ def test_unsafe_request_id_is_replaced_consistently(app_server, nginx):
 def test_burst_beyond_the_limit_gets_json_429_from_nginx(nginx):
     url = f"http://127.0.0.1:{nginx['port']}/generate_images"
     answers = []
-    for _ in range(12):  # 10 r/m with burst 5 lets 6 through at once; the rest must be refused
+    for _ in range(30):  # 60 r/m with burst 20 lets at most 21 through at once; the rest must be refused
         # An empty object is refused by the app at once (400), so the burst spends no model time.
         answers.append(requests.post(url, data=b"{}", timeout=10))
     limited = [r for r in answers if r.status_code == 429]
-    assert 1 <= len(limited) <= 6, [r.status_code for r in answers]
+    # Earlier requests of this module may have spent some of the budget, never returned any.
+    assert len(limited) >= 9, [r.status_code for r in answers]
     assert all(r.status_code in (400, 429) for r in answers)
     for response in limited:
         assert response.headers["Content-Type"] == "application/problem+json"
