@@ -24,8 +24,8 @@ def install_cors(app: Flask, settings: Settings) -> None:
         app,
         resources={BROWSER_ROUTES: {"origins": list(settings.cors_origins)}},
         methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Retry-After", "Server-Timing"],
+        allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Idempotency-Key"],
+        expose_headers=["X-Request-ID", "Retry-After", "Server-Timing", "Idempotent-Replayed"],
         # Keys travel in a header, never in cookies, so the browser need not send credentials.
         supports_credentials=False,
         max_age=PREFLIGHT_MAX_AGE,
