@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import secrets
 import threading
 import time
@@ -187,7 +188,10 @@ class Pipeline:
         record_key = self.records.begin(request, request_id, self.model.model_id)
         tracker = _Completion(len(results), lambda outcome: self.records.finish(
             record_key, request_id, self.model.model_id, request, results, outcome))
-        futures = [self.executor.submit(self._make_image, request, request_id, result, deadline, tracker)
+        # Each task runs in a copy of this thread's context, so log lines from the pool's threads
+        # still carry the request id.
+        futures = [self.executor.submit(contextvars.copy_context().run, self._make_image, request, request_id,
+                                        result, deadline, tracker)
                    for result in results]
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         if pending and tracker.hand_over_if_unfinished():
