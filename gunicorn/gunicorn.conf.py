@@ -66,18 +66,24 @@ forwarded_allow_ips = "127.0.0.1"
 # The name in ps/top and in the journal.
 proc_name = "ai-image-generator"
 
-# Logs to stdout/stderr: systemd's journal (or the test harness) collects them.
-accesslog = "-"
+# Logs: one JSON object a line on stdout, the app's own format (logging_setup.JsonFormatter),
+# so journald holds a single format. gunicorn's access log is off because the app writes a
+# richer access line itself: request id, API key name, status, stage times, images, flagged.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("AIG_LOG_LEVEL", "info").lower()
-
-# Combined-like line plus the request id nginx passes in (or the caller's, if valid), the
-# real client from nginx, and the time taken in ms, so one id follows a request through
-# the nginx log, this log and the app's own log lines.
-access_log_format = (
-    '%(h)s "%(r)s" %(s)s %(B)s %(M)sms '
-    'rid=%({x-request-id}i)s xff="%({x-forwarded-for}i)s" ua="%(a)s"'
-)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "logging_setup.JsonFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"level": loglevel.upper(), "handlers": []},
+    "loggers": {
+        # Not propagated: the app's root handler would otherwise print each line a second time.
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["stdout"], "propagate": False},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}
 
 
 def on_starting(server):

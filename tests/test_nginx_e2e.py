@@ -106,7 +106,7 @@ def test_request_id_goes_through_nginx_and_into_both_logs(app_server, nginx):
     assert status == 200, body
     assert header(headers, "X-Request-ID") == request_id
     assert json.loads(body)["request_id"] == request_id
-    assert wait_for_text(app_server["log"], f"rid={request_id}")
+    assert wait_for_text(app_server["log"], f'"request_id": "{request_id}"')
     assert wait_for_text(nginx["access_log"], f"rid={request_id}")
 
 
@@ -116,7 +116,7 @@ def test_unsafe_request_id_is_replaced_consistently(app_server, nginx):
     assert response.status_code == 200
     replaced = response.headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", replaced)
-    assert wait_for_text(app_server["log"], f"rid={replaced}")
+    assert wait_for_text(app_server["log"], f'"request_id": "{replaced}"')
     assert wait_for_text(nginx["access_log"], f"rid={replaced}")
 
 
