@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -11,6 +10,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pybase64
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from errors import (
@@ -136,7 +136,8 @@ def decode_image(raw: bytes) -> bytes:
         count = len(images) if isinstance(images, list) else 0
         raise ModelFailed(f"Bedrock answered with {count} images instead of exactly one")
     try:
-        return base64.b64decode(images[0], validate=True)
+        # pybase64: the same strict decoding as base64.b64decode, in a quarter of the time (bench/).
+        return pybase64.b64decode(images[0], validate=True)
     except (binascii.Error, ValueError) as error:
         raise ModelFailed("Bedrock answered with an image that is not valid base64") from error
 

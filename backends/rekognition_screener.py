@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import threading
 
+import pybase64
 from botocore.exceptions import BotoCoreError, ClientError
 
 from errors import ScreeningFailed
@@ -12,6 +15,10 @@ from image_generation import ModerationLabel, Screening
 # Rekognition takes at most 5 MiB of inline image bytes (aws-reference.md section 4.2).
 MAX_INLINE_BYTES = 5 * 1024 * 1024
 JPEG_QUALITY = 90
+# botocore would base64-encode the bytes, put the 2.5 MB string through json.dumps and copy it
+# again (11 ms an image, 40 % of the service's CPU in bench/); the body is built here directly
+# instead, and a one-byte placeholder goes through botocore's own checks and serialiser.
+PLACEHOLDER_BYTES = b"\0"
 
 
 class RekognitionScreener:
@@ -21,6 +28,9 @@ class RekognitionScreener:
         self.client = client
         self.min_confidence = min_confidence
         self.enabled = enabled
+        # The body a thread is about to send; per thread, because the client is shared by the pool.
+        self._pending = threading.local()
+        client.meta.events.register("before-call.rekognition.DetectModerationLabels", self._use_prebuilt_body)
 
     @classmethod
     def from_settings(cls, settings) -> RekognitionScreener:
@@ -33,8 +43,9 @@ class RekognitionScreener:
         """The verdict on `png`; ScreeningFailed when Rekognition cannot give one."""
         if not self.enabled:
             return Screening("not_screened")
+        self._pending.body = request_body(inline_image(png), self.min_confidence)
         try:
-            answer = self.client.detect_moderation_labels(Image={"Bytes": inline_image(png)},
+            answer = self.client.detect_moderation_labels(Image={"Bytes": PLACEHOLDER_BYTES},
                                                           MinConfidence=self.min_confidence)
         except ClientError as error:
             info = error.response.get("Error", {})
@@ -43,10 +54,25 @@ class RekognitionScreener:
         except BotoCoreError as error:
             raise ScreeningFailed(f"could not reach Rekognition ({type(error).__name__}); the image was not "
                                   f"published", retry_after=5) from error
+        finally:
+            self._pending.body = None
         labels = tuple(ModerationLabel(label.get("Name", ""), label.get("ParentName", ""),
                                        float(label.get("Confidence", 0.0)))
                        for label in answer.get("ModerationLabels", []))
         return Screening("flagged", labels) if labels else Screening("clean")
+
+
+    def _use_prebuilt_body(self, params, **_):
+        """botocore hook: swap the placeholder request body for the one built by request_body()."""
+        body = getattr(self._pending, "body", None)
+        if body is not None:
+            params["body"] = body
+
+
+def request_body(image: bytes, min_confidence: float) -> bytes:
+    """DetectModerationLabels' JSON body, built without a decoded copy of the base64 text."""
+    return b"".join((b'{"Image":{"Bytes":"', pybase64.b64encode(image), b'"},"MinConfidence":',
+                     json.dumps(min_confidence).encode(), b"}"))
 
 
 def inline_image(png: bytes) -> bytes:

@@ -323,3 +323,27 @@ def test_rekognition_screener_sends_a_jpeg_copy_of_an_image_over_5_mib(aws_env, 
     assert out.tell() > MAX_INLINE_BYTES
     assert screener().screen(out.getvalue()).verdict == "clean"
     assert standin.stats()["rekognition_errors_returned"] == {}
+
+
+def test_rekognition_prebuilt_body_is_what_botocore_would_send():
+    import base64
+    import json
+
+    from backends.rekognition_screener import request_body as screening_body
+
+    png = bytes(range(256)) * 10
+    assert json.loads(screening_body(png, 62.5)) == {"Image": {"Bytes": base64.b64encode(png).decode()},
+                                                     "MinConfidence": 62.5}
+
+
+def test_rekognition_screens_each_threads_own_image_side_by_side(aws_env, standin):
+    from concurrent.futures import ThreadPoolExecutor
+
+    screener = RekognitionScreener.from_settings(aws_settings())
+    clean = stand_in_png(standin, "a quiet lake")
+    flagged = stand_in_png(standin, "a quiet lake [[flag:Graphic Violence]]")
+    images = [clean, flagged] * 6
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        verdicts = list(pool.map(screener.screen, images))
+    assert [v.verdict for v in verdicts] == ["clean", "flagged"] * 6
+    assert standin.stats()["rekognition_calls"] == 12
