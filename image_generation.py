@@ -7,12 +7,14 @@ import contextvars
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from errors import DeadlineExceeded, KeyExists, ModelFailed, ServiceError, StoreFailed
 from png import blur_png, png_size
+from processing_gate import ProcessingGate
 from request_records import RequestRecords
 
 MAX_SEED = 2_147_483_646
@@ -71,13 +73,17 @@ class Screening:
 
 
 class ImageModel(Protocol):
-    """Draws one PNG for a spec."""
+    """Draws one PNG for a spec, in two steps: wait for the model, then read its answer."""
 
     model_id: str
     placeholder: bool
 
-    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
-        """Return PNG bytes, or raise a ServiceError."""
+    def start(self, spec: ImageSpec, deadline: float) -> Callable[[], bytes]:
+        """Wait for the model's answer without reading it; the returned call reads it as PNG bytes.
+
+        Either step raises a ServiceError. The split lets the pipeline read, decode, screen and
+        store a few answers at a time while the rest wait, unread, in their sockets.
+        """
 
 
 class ImageStore(Protocol):
@@ -151,6 +157,7 @@ class PipelineConfig:
     deadline_seconds: float = 90.0
     flagged_action: str = "quarantine"
     quarantine_prefix: str = "quarantine/"
+    processing_slots: int = 16
 
 
 class Pipeline:
@@ -165,6 +172,7 @@ class Pipeline:
         self.config = config
         self.clock = KeyClock()
         self.records = RequestRecords(store)
+        self.gate = ProcessingGate(config.processing_slots)
 
     def plan_seeds(self, request: GenerationRequest) -> list[int]:
         """The caller's seed for every image, else a distinct random seed each."""
@@ -223,19 +231,27 @@ class Pipeline:
                 raise DeadlineExceeded("the request's deadline passed before this image started")
             spec = ImageSpec(request.prompt, request.negative_prompt, request.width, request.height,
                              request.quality, request.cfg_scale, result.seed)
-            png = self._timed(result, "model", self.model.generate, spec, deadline)
-            if png_size(png) != (request.width, request.height):
-                raise ModelFailed(f"the model returned an image of {png_size(png)} instead of "
-                                  f"{request.width}x{request.height}")
-            result.moderation = self._timed(result, "screening", self.screener.screen, png)
-            metadata = {"request-id": request_id, "seed": str(result.seed), "model-id": self.model.model_id}
-            if result.moderation.verdict == "flagged":
-                png = self._quarantine(request, png, metadata, result)
-            result.key = self._timed(result, "store", self._store_new, request, png, metadata)
+            read_answer = self._timed(result, "model", self.model.start, spec, deadline)
+            # Past this point the image is paid for: it is finished even if the deadline passes.
+            with self.gate.slot(deadline):
+                self._finish_image(request, request_id, result, read_answer)
         except ServiceError as error:
             result.error = error
         except Exception as error:  # noqa: BLE001 - one image's bug must not sink its siblings
             result.error = ModelFailed(f"unexpected failure: {type(error).__name__}")
+
+    def _finish_image(self, request: GenerationRequest, request_id: str, result: ImageResult,
+                      read_answer: Callable[[], bytes]) -> None:
+        """Read, check, screen and store one answer (inside a processing slot)."""
+        png = self._timed(result, "model", read_answer)  # reading the answer is the model's time too
+        if png_size(png) != (request.width, request.height):
+            raise ModelFailed(f"the model returned an image of {png_size(png)} instead of "
+                              f"{request.width}x{request.height}")
+        result.moderation = self._timed(result, "screening", self.screener.screen, png)
+        metadata = {"request-id": request_id, "seed": str(result.seed), "model-id": self.model.model_id}
+        if result.moderation.verdict == "flagged":
+            png = self._quarantine(request, png, metadata, result)
+        result.key = self._timed(result, "store", self._store_new, request, png, metadata)
 
     def _quarantine(self, request, png: bytes, metadata: dict, result: ImageResult) -> bytes:
         """Keep the flagged original privately (or not at all) and return the blurred copy to publish."""
@@ -267,7 +283,7 @@ class Pipeline:
         try:
             return fn(*args)
         finally:
-            result.timings[stage] = time.perf_counter() - start
+            result.timings[stage] = result.timings.get(stage, 0.0) + time.perf_counter() - start
 
     def _manifest(self, results: list[ImageResult], request_id: str, record: str) -> dict:
         """The answer: `images` stays the plain list of keys; everything else beside it."""

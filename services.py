@@ -55,7 +55,8 @@ def build_services(settings: Settings) -> Services:
     executor = ThreadPoolExecutor(max_workers=settings.model_concurrency, thread_name_prefix="image")
     config = PipelineConfig(deadline_seconds=settings.request_deadline_seconds,
                             flagged_action=settings.flagged_action,
-                            quarantine_prefix=settings.quarantine_prefix)
+                            quarantine_prefix=settings.quarantine_prefix,
+                            processing_slots=settings.processing_slots)
     # A claim unanswered for twice the deadline (plus a margin) was left by a process that died.
     idempotency = IdempotencyKeys(store, stale_after_seconds=2 * settings.request_deadline_seconds + 30)
     return Services(model, store, screener, Pipeline(model, store, screener, executor, config), idempotency)

@@ -62,13 +62,18 @@ class BedrockModel:
                    read_timeout=settings.bedrock_read_timeout_seconds, max_attempts=settings.bedrock_max_attempts)
 
     def generate(self, spec: ImageSpec, deadline: float) -> bytes:
-        """Return the PNG bytes of one image, retrying throttling only while an attempt can still finish."""
+        """Both steps at once: the PNG bytes of one image."""
+        return self.start(spec, deadline)()
+
+    def start(self, spec: ImageSpec, deadline: float):
+        """Invoke the model, retrying throttling only while an attempt can still finish; return its reader."""
         body = json.dumps(request_body(spec)).encode()
         # The first attempt always goes: the pipeline starts no image once the deadline has passed.
         attempt = 1
         while True:
             try:
-                return self._invoke(body)
+                response = self._invoke(body)
+                return lambda: self._read(response)
             except ClientError as error:
                 if error_code(error) not in THROTTLED:
                     raise translate(error, self.model_id) from error
@@ -92,11 +97,20 @@ class BedrockModel:
                 raise ModelBusy(f"could not reach Bedrock Runtime: {type(error).__name__}",
                                 retry_after=5) from error
 
-    def _invoke(self, body: bytes) -> bytes:
-        response = self.client.invoke_model(modelId=self.model_id, body=body, contentType="application/json",
-                                            accept="application/json")
-        # Read the whole body: the connection goes back to the pool only then.
-        return decode_image(response["body"].read())
+    def _invoke(self, body: bytes) -> dict:
+        return self.client.invoke_model(modelId=self.model_id, body=body, contentType="application/json",
+                                        accept="application/json")
+
+    def _read(self, response: dict) -> bytes:
+        """The answer's image; the whole body is read, so the connection goes back to the pool."""
+        try:
+            return decode_image(response["body"].read())
+        except ReadTimeoutError as error:
+            raise ModelTimeout(f"Bedrock's answer stalled for over {self.read_timeout:g} s while being read "
+                               f"for {self.model_id}") from error
+        except BotoCoreError as error:
+            raise ModelBusy(f"Bedrock's answer broke off while being read: {type(error).__name__}",
+                            retry_after=5) from error
 
     def check(self) -> None:
         """Raise ModelBusy unless Bedrock Runtime's endpoint accepts a TCP connection (no IAM needed)."""

@@ -25,14 +25,18 @@ class PlaceholderModel:
         # Simulated model time, so a UI or a drain test can see a request take a while.
         self.latency_seconds = latency_seconds
 
-    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
-        """Return a PNG of exactly spec.width x spec.height."""
+    def start(self, spec: ImageSpec, deadline: float):
+        """Wait the simulated latency; the returned call draws a PNG of exactly spec.width x spec.height."""
         if self.latency_seconds:
             if time.monotonic() + self.latency_seconds > deadline:
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 raise ModelTimeout("the placeholder model's simulated latency outlasts the deadline")
             time.sleep(self.latency_seconds)
-        return draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
+        return lambda: draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
+
+    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
+        """Both steps at once: the PNG."""
+        return self.start(spec, deadline)()
 
 
 def draw_placeholder(prompt: str, seed: int, width: int, height: int) -> bytes:

@@ -25,6 +25,10 @@ class FakeModel:
         self.max_in_flight = 0
         self.lock = threading.Lock()
 
+    def start(self, spec: ImageSpec, deadline: float):
+        png = self.generate(spec, deadline)
+        return lambda: png
+
     def generate(self, spec: ImageSpec, deadline: float) -> bytes:
         with self.lock:
             self.calls += 1

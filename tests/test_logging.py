@@ -91,13 +91,13 @@ def test_configuring_twice_keeps_one_handler():
 def test_log_lines_from_the_image_pool_carry_the_request_id(make_app, capsys):
     app = make_app()
     pipeline = app.extensions["aig"]["services"].pipeline
-    real_generate = pipeline.model.generate
+    real_start = pipeline.model.start
 
-    def generate_and_log(spec, deadline):
+    def start_and_log(spec, deadline):
         logging.getLogger("ai_image_generator.test").warning("drawing seed %s", spec.seed)
-        return real_generate(spec, deadline)
+        return real_start(spec, deadline)
 
-    pipeline.model.generate = generate_and_log
+    pipeline.model.start = start_and_log
     app.test_client().post("/generate_images", headers={"X-Request-ID": "pool-rid-1"},
                            json={"prompt": "p", "output_folder": "a", "file_name_prefix": "b", "count": 2,
                                  "width": 512, "height": 512})

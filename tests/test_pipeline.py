@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -212,3 +213,25 @@ def test_pipeline_pays_for_nothing_when_the_store_refuses_the_record(executor):
     with pytest.raises(StoreFailed):
         pipeline.run(REQUEST, "r")
     assert model.calls == 0
+
+
+def test_pipeline_finishes_at_most_its_processing_slots_of_images_at_once(executor):
+    class SlowScreener(FakeScreener):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.peak, self.lock = 0, 0, threading.Lock()
+
+        def screen(self, png):
+            with self.lock:
+                self.inside += 1
+                self.peak = max(self.peak, self.inside)
+            time.sleep(0.05)
+            with self.lock:
+                self.inside -= 1
+            return super().screen(png)
+
+    screener = SlowScreener()
+    pipeline, model, _ = make(executor, FakeModel(latency=0.1), screener=screener, processing_slots=2)
+    manifest = pipeline.run(GenerationRequest(**{**REQUEST.__dict__, "count": 5}), "r")
+    assert len(manifest["images"]) == 5
+    assert model.max_in_flight == 5 and screener.peak == 2
