@@ -21,28 +21,36 @@ class ProcessingGate:
             raise ValueError("a gate needs at least one slot")
         self._slots = slots
         self._busy = 0
-        self._waiting: list[tuple[float, int]] = []
+        self._waiting: list[tuple[float, int, threading.Event]] = []
         self._order = itertools.count()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     @contextmanager
     def slot(self, deadline: float):
         """Hold one slot for the block, after every waiter with an earlier deadline has had one."""
-        ticket = (deadline, next(self._order))
-        with self._changed:
-            heapq.heappush(self._waiting, ticket)
-            while self._busy >= self._slots or self._waiting[0] != ticket:
-                self._changed.wait()
-            heapq.heappop(self._waiting)
-            self._busy += 1
-            # The next in line may fit too: let it look.
-            self._changed.notify_all()
+        with self._lock:
+            if self._busy < self._slots:
+                self._busy += 1
+                turn = None
+            else:
+                turn = threading.Event()
+                heapq.heappush(self._waiting, (deadline, next(self._order), turn))
+        if turn is not None:
+            # Woken by the holder that handed its slot over: only the one waiter it chose wakes,
+            # so hundreds of waiters cost nothing while they wait.
+            turn.wait()
         try:
             yield
         finally:
-            with self._changed:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                _, _, turn = heapq.heappop(self._waiting)
+                turn.set()  # the slot passes straight to the earliest deadline; busy stays the same
+            else:
                 self._busy -= 1
-                self._changed.notify_all()
 
     @property
     def busy(self) -> int:
