@@ -157,7 +157,7 @@ class PipelineConfig:
     deadline_seconds: float = 90.0
     flagged_action: str = "quarantine"
     quarantine_prefix: str = "quarantine/"
-    processing_slots: int = 16
+    processing_slots: int = 8
 
 
 class Pipeline:

@@ -116,7 +116,7 @@ class Settings:
                                    "Largest request body accepted; larger gets a JSON 413.")
     model_concurrency: int = _setting(256, _number("MODEL_CONCURRENCY", int, 1, 4096),
                                       "Model calls in flight per worker process (one bounded pool).")
-    processing_slots: int = _setting(16, _number("PROCESSING_SLOTS", int, 1, 1024),
+    processing_slots: int = _setting(8, _number("PROCESSING_SLOTS", int, 1, 1024),
                                      "Images read, screened and stored at once per worker, oldest request first.")
     placeholder_latency_seconds: float = _setting(0.0, _number("PLACEHOLDER_LATENCY_SECONDS", float, 0.0, 600.0),
                                                   "Simulated model time of the placeholder model.")
