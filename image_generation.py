@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import logging
 import secrets
 import threading
 import time
@@ -17,6 +18,7 @@ from png import blur_png, png_size
 from processing_gate import ProcessingGate
 from request_records import RequestRecords
 
+log = logging.getLogger("ai_image_generator.pipeline")
 MAX_SEED = 2_147_483_646
 # A key can collide with one another request (or host) took at the same microsecond; a few new
 # names always suffice in practice, and a bound keeps a broken store from looping.
@@ -225,6 +227,7 @@ class Pipeline:
 
     def _make_image_unguarded(self, request: GenerationRequest, request_id: str, result: ImageResult,
                               deadline: float) -> None:
+        """The work of _make_image; every failure ends up on `result.error`."""
         try:
             if time.monotonic() >= deadline:
                 # Queued past the deadline: the caller has had its 504; do not pay for this image.
@@ -238,6 +241,7 @@ class Pipeline:
         except ServiceError as error:
             result.error = error
         except Exception as error:  # noqa: BLE001 - one image's bug must not sink its siblings
+            log.exception("request %s: image %d failed unexpectedly", request_id, result.index)
             result.error = ModelFailed(f"unexpected failure: {type(error).__name__}")
 
     def _finish_image(self, request: GenerationRequest, request_id: str, result: ImageResult,

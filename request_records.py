@@ -8,7 +8,7 @@ import secrets
 import time
 from dataclasses import asdict
 
-from errors import KeyExists, ServiceError
+from errors import KeyExists, ServiceError, StoreFailed
 
 log = logging.getLogger("ai_image_generator.records")
 RECORD_FOLDER = ".requests"  # hidden: the image route never serves a dot segment
@@ -33,7 +33,7 @@ class RequestRecords:
             except KeyExists:
                 # A caller reused a request id: keep both records, under a new name.
                 continue
-        raise KeyExists(base)
+        raise StoreFailed(f"no free name for the record of request {request_id}")
 
     def finish(self, record_key: str, request_id: str, model_id: str, request, results, outcome: str) -> None:
         """Write the final record: every image's key, seed, verdict or error. Never raises."""
