@@ -293,16 +293,20 @@ class Pipeline:
         """The answer: `images` stays the plain list of keys; everything else beside it."""
         good = [r for r in results if r.key]
         failed = [r for r in results if r.error]
+        image_errors = [{"index": r.index, "seed": r.seed, "status": r.error.status, "code": r.error.code,
+                         "detail": r.error.detail} for r in failed]
         if not good:
-            raise _main_cause([r.error for r in failed])
+            cause = _main_cause([r.error for r in failed])
+            # Every image's own failure goes along, for the caller and the metrics.
+            cause.extra["image_errors"] = image_errors
+            raise cause
         manifest = {
             "images": [r.key for r in good],
             "request_id": request_id,
             "record": record,
             "model_id": self.model.model_id,
             "image_details": [self._detail(r) for r in good],
-            "errors": [{"index": r.index, "seed": r.seed, "status": r.error.status, "code": r.error.code,
-                        "detail": r.error.detail} for r in failed],
+            "errors": image_errors,
             # Images run side by side, so the slowest image's stage is that stage's wall time.
             "timings_ms": {stage: round(max(r.timings.get(stage, 0.0) for r in results) * 1000, 1)
                            for stage in ("model", "screening", "store")},

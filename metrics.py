@@ -36,7 +36,7 @@ class Metrics:
         self.images = Counter("aig_images_generated", "Images generated, screened and stored.", registry=registry)
         self.flagged = Counter("aig_images_flagged", "Images the screener flagged (published blurred).",
                                registry=registry)
-        self.images_failed = Counter("aig_images_failed", "Images of a 200 answer that failed, by error code.",
+        self.images_failed = Counter("aig_images_failed", "Images that failed, by error code.",
                                      ["reason"], registry=registry)
         self.generation_failures = Counter("aig_generation_failures",
                                            "POST /generate_images answered with an error, by error code.",
@@ -59,8 +59,8 @@ class Metrics:
             self.images_failed.labels(code).inc()
         if s.problem_code:
             self.generation_failures.labels(s.problem_code).inc()
-        # A request whose images all failed answers only the main cause, so this is a lower bound there.
-        throttled = s.failed_codes.count(THROTTLED) + (s.problem_code == THROTTLED)
+        # Each throttled image once: from its own failure when the answer lists them, else from the cause.
+        throttled = s.failed_codes.count(THROTTLED) or int(s.problem_code == THROTTLED)
         if throttled:
             self.throttles.inc(throttled)
 

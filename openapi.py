@@ -109,6 +109,8 @@ PROBLEM_SCHEMA = {
                                               "properties": {"field": {"type": "string"},
                                                              "message": {"type": "string"}}}},
         "images": {"type": "array", "items": {"type": "string"}},
+        "record": {"type": "string"},
+        "image_errors": {"type": "array", "items": {"type": "object", "required": ["index", "code"]}},
     },
 }
 

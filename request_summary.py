@@ -69,7 +69,9 @@ def _outcome(response: Response) -> dict:
     if not isinstance(body, dict):
         return {}
     if response.status_code >= 400:
-        return {"problem_code": body.get("code")}
+        # When every image failed, the problem lists each image's own failure too.
+        return {"problem_code": body.get("code"),
+                "failed_codes": tuple(e.get("code", "unknown") for e in body.get("image_errors", []))}
     details = body.get("image_details", [])
     timings = body.get("timings_ms", {})
     return {
