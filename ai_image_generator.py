@@ -207,9 +207,13 @@ def _run(generation) -> dict:
         for detail in manifest["image_details"]:
             detail["url"] = f"{base}/images/{detail['key']}"
     else:
-        # `images` keeps the caller's keys, as before; the object's full address goes beside it.
+        # `images` keeps the caller's keys, as before; the object's full address goes beside it, and
+        # a presigned URL lets a UI show the image without credentials of its own.
+        store = _services().store
         for detail in manifest["image_details"]:
             detail["s3_uri"] = f"s3://{settings.s3_bucket}/{settings.s3_key_prefix}{detail['key']}"
+            if settings.s3_url_seconds:
+                detail["url"] = store.presigned_url(detail["key"], settings.s3_url_seconds)
     return manifest
 
 

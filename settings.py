@@ -96,6 +96,8 @@ class Settings:
     s3_sse: str = _setting("", _choice("S3_SSE", ("", "aes256", "aws:kms")),
                            "Server-side encryption: empty (bucket default), `AES256` or `aws:kms`.")
     s3_sse_kms_key_id: str = _setting("", _text, "KMS key id when AIG_S3_SSE=aws:kms.")
+    s3_url_seconds: int = _setting(900, _number("S3_URL_SECONDS", int, 0, 604800),
+                                   "Lifetime of each image's presigned GET `url` in S3 mode; 0: no URLs.")
     moderation: str = _setting("off", _choice("MODERATION", ("off", "rekognition")),
                                "Screening: `off` or `rekognition`.")
     moderation_min_confidence: float = _setting(50.0, _number("MODERATION_MIN_CONFIDENCE", float, 0.0, 100.0),

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import requests
 from PIL import Image, ImageStat
 
 from png import png_size
@@ -79,6 +80,9 @@ def test_generate_images_stores_four_screened_pngs_with_metadata(aws_app, s3, bu
                                       "model-id": TITAN}
         assert detail["moderation"] == {"verdict": "clean", "labels": [], "action": "none"}
         assert detail["s3_uri"] == f"s3://{bucket}/{detail['key']}"
+        fetched = requests.get(detail["url"], timeout=10)  # the presigned URL a UI would show
+        assert fetched.status_code == 200 and fetched.content == read(s3, bucket, detail["key"])
+        assert "X-Amz-Expires=900" in detail["url"]
     stats = standin.stats()
     assert stats["invoke_calls"] == 4 and stats["rekognition_calls"] == 4
 
@@ -90,6 +94,11 @@ def test_generate_images_calls_the_model_four_times_side_by_side(aws_app, standi
     assert post(made).status_code == 200
     assert time.monotonic() - started < 1.5
     assert standin.stats()["max_in_flight"] == 4
+
+
+def test_presigned_urls_can_be_turned_off(aws_app):
+    manifest = post(aws_app(AIG_S3_URL_SECONDS="0"), count=1).get_json()
+    assert "url" not in manifest["image_details"][0] and manifest["image_details"][0]["s3_uri"]
 
 
 def test_generate_images_writes_under_the_configured_key_prefix(aws_app, s3, bucket):
