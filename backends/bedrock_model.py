@@ -88,14 +88,10 @@ class BedrockModel:
                          attempt + 1, delay)
                 self._sleep(delay)
                 attempt += 1
-            except ReadTimeoutError as error:
-                # Never re-sent: Bedrock may still be generating, and each send is billed.
-                raise ModelTimeout(f"Bedrock sent no answer within the read time-out of {self.read_timeout:g} s "
-                                   f"for {self.model_id}; the call was not repeated") from error
             except BotoCoreError as error:
-                # Refused, dropped or unresolvable: not re-sent here, as a dropped call may already be billed.
-                raise ModelBusy(f"could not reach Bedrock Runtime: {type(error).__name__}",
-                                retry_after=5) from error
+                # Never re-sent, whether it timed out or dropped: Bedrock may still be generating, and
+                # each send is billed.
+                raise self._transport_error(error, "waiting for its answer") from error
 
     def _invoke(self, body: bytes) -> dict:
         return self.client.invoke_model(modelId=self.model_id, body=body, contentType="application/json",
@@ -105,12 +101,15 @@ class BedrockModel:
         """The answer's image; the whole body is read, so the connection goes back to the pool."""
         try:
             return decode_image(response["body"].read())
-        except ReadTimeoutError as error:
-            raise ModelTimeout(f"Bedrock's answer stalled for over {self.read_timeout:g} s while being read "
-                               f"for {self.model_id}") from error
         except BotoCoreError as error:
-            raise ModelBusy(f"Bedrock's answer broke off while being read: {type(error).__name__}",
-                            retry_after=5) from error
+            raise self._transport_error(error, "reading its answer") from error
+
+    def _transport_error(self, error: BotoCoreError, doing: str):
+        """The service error for a time-out (504) or a broken connection (503) with Bedrock; never retried."""
+        if isinstance(error, ReadTimeoutError):
+            return ModelTimeout(f"Bedrock sent nothing for {self.read_timeout:g} s while {doing} for "
+                                f"{self.model_id}; the call was not repeated")
+        return ModelBusy(f"lost Bedrock Runtime while {doing}: {type(error).__name__}", retry_after=5)
 
     def check(self) -> None:
         """Raise ModelBusy unless Bedrock Runtime's endpoint accepts a TCP connection (no IAM needed)."""

@@ -61,10 +61,11 @@ class FilesystemStore:
 
     def read(self, key: str) -> bytes:
         """The bytes of a published image at `key`; FileNotFoundError when absent or hidden."""
-        path = self.path_for(key)
-        if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+        hidden = any(part.startswith(".") for part in self.path_for(key).relative_to(self.root).parts)
+        data = None if hidden else self.get(key)
+        if data is None:
             raise FileNotFoundError(key)
-        return path.read_bytes()
+        return data
 
     def check(self) -> None:
         """Raise StoreFailed unless the root is a writable folder."""

@@ -34,10 +34,6 @@ class PlaceholderModel:
             time.sleep(self.latency_seconds)
         return lambda: draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
 
-    def generate(self, spec: ImageSpec, deadline: float) -> bytes:
-        """Both steps at once: the PNG."""
-        return self.start(spec, deadline)()
-
 
 def draw_placeholder(prompt: str, seed: int, width: int, height: int) -> bytes:
     """A picture whose colours and shapes come from the seed, with 'PLACEHOLDER' and the prompt in it."""

@@ -24,10 +24,9 @@ PLACEHOLDER_BYTES = b"\0"
 class RekognitionScreener:
     """Flags an image when Rekognition returns any moderation label at or above MinConfidence."""
 
-    def __init__(self, client, min_confidence: float = 50.0, *, enabled: bool = True):
+    def __init__(self, client, min_confidence: float = 50.0):
         self.client = client
         self.min_confidence = min_confidence
-        self.enabled = enabled
         # The body a thread is about to send; per thread, because the client is shared by the pool.
         self._pending = threading.local()
         client.meta.events.register("before-call.rekognition.DetectModerationLabels", self._use_prebuilt_body)
@@ -41,8 +40,6 @@ class RekognitionScreener:
 
     def screen(self, png: bytes) -> Screening:
         """The verdict on `png`; ScreeningFailed when Rekognition cannot give one."""
-        if not self.enabled:
-            return Screening("not_screened")
         self._pending.body = request_body(inline_image(png), self.min_confidence)
         try:
             answer = self.client.detect_moderation_labels(Image={"Bytes": PLACEHOLDER_BYTES},

@@ -81,8 +81,6 @@ class MemoryStore:
 class FakeScreener:
     """Flags images whose prompt-derived bytes were registered, or fails on demand."""
 
-    enabled = True
-
     def __init__(self, *, flag_all=False, fail=False):
         self.flag_all = flag_all
         self.fail = fail
