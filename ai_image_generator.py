@@ -11,21 +11,21 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from access import install_access
-from client_address import install_proxy_fix
-from cors import install_cors
-from errors import InvalidRequest, ServiceError
-from idempotency import Replay, fingerprint
-from keys_cli import keys as keys_cli
-from logging_setup import install_logging
-from metrics import install_metrics
-from model_profiles import PROFILES
-from openapi import openapi_document
-from rate_limits import install_rate_limits
-from request_summary import install_request_timing
-from request_validation import SEGMENT, parse_generation_request
+from generation.errors import InvalidRequest, ServiceError
+from generation.model_registry import PROFILES
+from keyadmin.cli import keys as keys_cli
 from services import Services, build_services
 from settings import Settings
+from web.access import install_access
+from web.client_address import install_proxy_fix
+from web.cors import install_cors
+from web.idempotency import Replay, fingerprint
+from web.logging_setup import install_logging
+from web.metrics import install_metrics
+from web.openapi import openapi_document
+from web.rate_limits import install_rate_limits
+from web.request_schema import SEGMENT, parse_generation_request
+from web.request_summary import install_request_timing
 
 log = logging.getLogger("ai_image_generator")
 # An incoming X-Request-ID is kept only if it is short and plain, so it is safe in logs and headers.

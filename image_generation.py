@@ -13,10 +13,10 @@ from concurrent.futures import Executor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from errors import DeadlineExceeded, KeyExists, ModelFailed, ServiceError, StoreFailed
-from png import blur_png, png_size
-from processing_gate import ProcessingGate
-from request_records import RequestRecords
+from generation.errors import DeadlineExceeded, KeyExists, ModelFailed, ServiceError, StoreFailed
+from generation.png import blur_png, png_size
+from generation.processing_gate import ProcessingGate
+from generation.request_records import RequestRecords
 
 log = logging.getLogger("ai_image_generator.pipeline")
 MAX_SEED = 2_147_483_646

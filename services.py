@@ -5,9 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from idempotency import IdempotencyKeys
 from image_generation import ImageModel, ImageStore, Pipeline, PipelineConfig, Screener, ScreeningOff
 from settings import Settings
+from web.idempotency import IdempotencyKeys
 
 
 @dataclass

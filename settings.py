@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from limits import parse_many
 
-from model_profiles import PLACEHOLDER_MODEL_ID, PROFILES
+from generation.model_registry import PLACEHOLDER_MODEL_ID, PROFILES
 
 PREFIX = "AIG_"
 

@@ -2,5 +2,5 @@
 
 from ai_image_generator import create_app
 
-# create_app() sets up logging itself (JSON lines on stdout, see logging_setup.py).
+# create_app() sets up logging itself (JSON lines on stdout, see web/logging_setup.py).
 ai_image_generator = create_app()

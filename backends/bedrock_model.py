@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pybase64
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
-from errors import (
+from generation.errors import (
     ContentFiltered,
     InvalidRequest,
     ModelBusy,
@@ -22,8 +22,8 @@ from errors import (
     ModelTimeout,
     ModelUnavailable,
 )
+from generation.model_registry import NOVA_CANVAS, TITAN_V2
 from image_generation import ImageSpec
-from model_profiles import NOVA_CANVAS, TITAN_V2
 
 log = logging.getLogger(__name__)
 

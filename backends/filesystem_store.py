@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from errors import KeyExists, StoreFailed
+from generation.errors import KeyExists, StoreFailed
 
 
 class FilesystemStore:

@@ -10,9 +10,9 @@ import time
 
 from PIL import Image, ImageDraw, ImageFont
 
-from errors import ModelTimeout
+from generation.errors import ModelTimeout
+from generation.model_registry import PLACEHOLDER_MODEL_ID
 from image_generation import ImageSpec
-from model_profiles import PLACEHOLDER_MODEL_ID
 
 
 class PlaceholderModel:

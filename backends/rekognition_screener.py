@@ -9,7 +9,7 @@ import threading
 import pybase64
 from botocore.exceptions import BotoCoreError, ClientError
 
-from errors import ScreeningFailed
+from generation.errors import ScreeningFailed
 from image_generation import ModerationLabel, Screening
 
 # Rekognition takes at most 5 MiB of inline image bytes (aws-reference.md section 4.2).

@@ -7,7 +7,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from errors import KeyExists, StoreFailed
+from generation.errors import KeyExists, StoreFailed
 
 # S3 answers 409 ConditionalRequestConflict while another conditional write to the key is in flight
 # and asks the caller to retry; botocore does not. A few short waits settle it.

@@ -70,7 +70,7 @@ forwarded_allow_ips = "127.0.0.1"
 # The name in ps/top and in the journal.
 proc_name = "ai-image-generator"
 
-# Logs: one JSON object a line on stdout, the app's own format (logging_setup.JsonFormatter),
+# Logs: one JSON object a line on stdout, the app's own format (web.logging_setup.JsonFormatter),
 # so journald holds a single format. gunicorn's access log is off because the app writes a
 # richer access line itself: request id, API key name, status, stage times, images, flagged.
 accesslog = None
@@ -79,7 +79,7 @@ loglevel = os.environ.get("AIG_LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "logging_setup.JsonFormatter"}},
+    "formatters": {"json": {"()": "web.logging_setup.JsonFormatter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "root": {"level": loglevel.upper(), "handlers": []},
     "loggers": {
@@ -96,9 +96,9 @@ def on_starting(server):
     Workers import the app only after the fork, so without this a bad value would surface as a
     worker boot loop; here it stops start-up with the setting's own message instead.
     """
-    from api_keys import KeyFileError, read_keys
-    from metrics import wipe_multiproc_dir
+    from keyadmin.api_keys import KeyFileError, read_keys
     from settings import Settings, SettingsError  # the service folder is on sys.path (gunicorn chdir)
+    from web.metrics import wipe_multiproc_dir
 
     try:
         settings = Settings.from_env()
@@ -112,7 +112,7 @@ def on_starting(server):
 
 def child_exit(server, worker):
     """Let the metrics forget the live gauges of a worker that exited."""
-    from metrics import child_exit as forget_worker
+    from web.metrics import child_exit as forget_worker
 
     forget_worker(server, worker)
 

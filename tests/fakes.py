@@ -6,7 +6,7 @@ import threading
 import time
 
 from backends.placeholder_model import draw_placeholder
-from errors import KeyExists, ScreeningFailed
+from generation.errors import KeyExists, ScreeningFailed
 from image_generation import ImageSpec, ModerationLabel, Screening
 
 

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from api_keys import KeyFileError, add_key, digest, read_keys
+from keyadmin.api_keys import KeyFileError, add_key, digest, read_keys
 from settings import SettingsError
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}

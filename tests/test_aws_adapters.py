@@ -17,7 +17,7 @@ from backends import aws_clients
 from backends.bedrock_model import BedrockModel, request_body
 from backends.rekognition_screener import MAX_INLINE_BYTES, RekognitionScreener
 from backends.s3_store import S3Store, encryption_args
-from errors import (
+from generation.errors import (
     ContentFiltered,
     InvalidRequest,
     KeyExists,
@@ -29,8 +29,8 @@ from errors import (
     ScreeningFailed,
     StoreFailed,
 )
+from generation.png import png_size
 from image_generation import ImageSpec, ModerationLabel
-from png import png_size
 from settings import Settings, SettingsError
 
 pytest_plugins = ["tests.aws_fixtures"]

@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image, ImageStat
 
-from png import png_size
+from generation.png import png_size
 
 pytest_plugins = ["tests.aws_fixtures"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_keys import add_key
+from keyadmin.api_keys import add_key
 
 UI = "https://ui.example"
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}

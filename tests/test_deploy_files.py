@@ -105,7 +105,7 @@ def test_gunicorn_conf_has_the_production_values():
     assert conf["proc_name"] == "ai-image-generator"
     # The app writes the access line (JSON, with the request id); gunicorn's own lines are JSON too.
     assert conf["accesslog"] is None and conf["errorlog"] == "-"
-    assert conf["logconfig_dict"]["formatters"]["json"]["()"] == "logging_setup.JsonFormatter"
+    assert conf["logconfig_dict"]["formatters"]["json"]["()"] == "web.logging_setup.JsonFormatter"
     assert conf["preload_app"] is False
     assert conf["graceful_timeout"] >= Settings().request_deadline_seconds
 

@@ -6,9 +6,9 @@ import json
 import threading
 import time
 
-from errors import ModelThrottled
-from idempotency import fingerprint
+from generation.errors import ModelThrottled
 from tests.test_http import CURL_BODY, images_under
+from web.idempotency import fingerprint
 
 BODY = {**json.loads(CURL_BODY), "count": 2, "width": 512, "height": 512}
 

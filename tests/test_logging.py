@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from api_keys import add_key
-from logging_setup import StdoutHandler, configure_logging
+from keyadmin.api_keys import add_key
+from web.logging_setup import StdoutHandler, configure_logging
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from errors import ModelThrottled
+from generation.errors import ModelThrottled
 from tests.fakes import FakeModel, FakeScreener
 from tests.servers import free_port, start_gunicorn, stop
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from png import png_size
+from generation.png import png_size
 from tests.live_stack import start_live_stack
 from tests.servers import NGINX_SITE, free_port, require_tool, start_nginx, stop
 from tests.test_nginx_e2e import KEY, post_original

@@ -21,8 +21,8 @@ def test_openapi_document_is_valid_and_covers_every_route(app, client):
 
 
 def test_openapi_builder_marks_keyed_routes():
-    from model_profiles import TITAN_V2
-    from openapi import openapi_document
+    from generation.model_registry import TITAN_V2
+    from web.openapi import openapi_document
     document = openapi_document(TITAN_V2, api_keys=True)
     validate(document)
     assert document["paths"]["/generate_images"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image, ImageFilter, ImageStat
 
-from errors import ContentFiltered, DeadlineExceeded, KeyExists, ModelThrottled, StoreFailed
+from generation.errors import ContentFiltered, DeadlineExceeded, KeyExists, ModelThrottled, StoreFailed
+from generation.png import png_size
 from image_generation import GenerationRequest, Pipeline, PipelineConfig, ScreeningOff
-from png import png_size
 from tests.fakes import FakeModel, FakeScreener, MemoryStore
 
 REQUEST = GenerationRequest(prompt="red porsche", output_folder="000/111", file_name_prefix="porsche_image",

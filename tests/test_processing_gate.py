@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from processing_gate import ProcessingGate
+from generation.processing_gate import ProcessingGate
 
 
 def test_gate_never_lets_more_than_its_slots_in():

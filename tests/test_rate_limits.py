@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from api_keys import add_key
+from keyadmin.api_keys import add_key
 from tests.servers import free_port
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}

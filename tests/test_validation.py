@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from errors import InvalidRequest
-from model_profiles import NOVA_CANVAS, TITAN_V2
-from request_validation import parse_generation_request
+from generation.errors import InvalidRequest
+from generation.model_registry import NOVA_CANVAS, TITAN_V2
+from web.request_schema import parse_generation_request
 
 GOOD = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}
 

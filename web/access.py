@@ -7,7 +7,7 @@ from functools import partial
 
 from flask import Flask, Response, g, request
 
-from api_keys import KeyFileError, KeyRing
+from keyadmin.api_keys import KeyFileError, KeyRing
 from settings import Settings, SettingsError
 
 log = logging.getLogger("ai_image_generator.api_keys")

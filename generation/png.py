@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import struct
 
-from errors import ModelFailed
+from generation.errors import ModelFailed
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A flagged image is shrunk to this many pixels on its longer side before it is blurred and

@@ -10,9 +10,9 @@ import os
 from flask import Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
-from client_address import from_this_host
-from request_summary import RequestSummary, summarize
 from settings import Settings
+from web.client_address import from_this_host
+from web.request_summary import RequestSummary, summarize
 
 log = logging.getLogger("ai_image_generator.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

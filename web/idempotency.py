@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from errors import InvalidRequest, KeyExists, ServiceError
+from generation.errors import InvalidRequest, KeyExists, ServiceError
 
 FOLDER = ".idempotency"  # hidden: never served as an image
 # Printable ASCII without spaces at the ends, as in the IETF Idempotency-Key draft's examples.

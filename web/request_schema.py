@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from errors import InvalidRequest
+from generation.errors import InvalidRequest
+from generation.model_registry import ModelProfile
 from image_generation import GenerationRequest
-from model_profiles import ModelProfile
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
 DEFAULT_COUNT = 4

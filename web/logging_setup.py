@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from flask import Flask, Response, g, has_request_context, request
 
-from request_summary import summarize
 from settings import Settings
+from web.request_summary import summarize
 
 access_log = logging.getLogger("ai_image_generator.access")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from model_profiles import ModelProfile
-from request_validation import MAX_FOLDER, MAX_PREFIX
+from generation.model_registry import ModelProfile
+from web.request_schema import MAX_FOLDER, MAX_PREFIX
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 

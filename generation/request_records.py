@@ -8,7 +8,7 @@ import secrets
 import time
 from dataclasses import asdict
 
-from errors import KeyExists, ServiceError, StoreFailed
+from generation.errors import KeyExists, ServiceError, StoreFailed
 
 log = logging.getLogger("ai_image_generator.records")
 RECORD_FOLDER = ".requests"  # hidden: the image route never serves a dot segment

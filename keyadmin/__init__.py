@@ -1,0 +1,1 @@
+"""API-key administration: the hashed key file and the `flask keys` commands."""
