@@ -21,8 +21,10 @@ from web.client_address import install_proxy_fix
 from web.cors import install_cors
 from web.idempotency import Replay, fingerprint
 from web.logging_setup import install_logging
+from web.manifest import render_manifest
 from web.metrics import install_metrics
 from web.openapi import openapi_document
+from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
 from web.request_schema import SEGMENT, parse_generation_request
 from web.request_summary import install_request_timing
@@ -30,7 +32,6 @@ from web.request_summary import install_request_timing
 log = logging.getLogger("ai_image_generator")
 # An incoming X-Request-ID is kept only if it is short and plain, so it is safe in logs and headers.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-PROBLEM_JSON = "application/problem+json"
 READINESS_CACHE_SECONDS = 5.0
 
 
@@ -75,10 +76,6 @@ def _services() -> Services:
     return current_app.extensions["aig"]["services"]
 
 
-def _json(payload, status: int = 200, content_type: str = "application/json") -> Response:
-    return Response(json.dumps(payload), status=status, content_type=content_type)
-
-
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
@@ -87,19 +84,6 @@ def _assign_request_id() -> None:
 def _stamp_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     return response
-
-
-def problem_body(status: int, title: str, detail: str, code: str, **extra) -> dict:
-    """One JSON error shape for every failure (RFC 9457 problem details plus a code and the request id)."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code,
-            "request_id": g.get("request_id", "")}
-    body.update(extra)
-    return body
-
-
-def problem(status: int, title: str, detail: str, code: str, **extra) -> Response:
-    """A problem answer; see problem_body."""
-    return _json(problem_body(status, title, detail, code, **extra), status, PROBLEM_JSON)
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -113,9 +97,13 @@ def _http_error(error: HTTPException) -> Response:
 
 
 def _service_error(error: ServiceError) -> Response:
-    if error.status >= 500:
+    if error.result is not None:
+        g.generation = error.result  # every image failed: logs and metrics still count each one
+    body = service_error_body(error)
+    if body["status"] >= 500:
         log.warning("request %s failed: %s: %s", g.get("request_id"), error.code, error.detail)
-    response = problem(error.status, error.title, error.detail, error.code, **error.extra)
+    g.problem_code = error.code
+    response = json_response(body, body["status"], PROBLEM_JSON)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return response
@@ -129,12 +117,12 @@ def _unexpected_error(error: Exception) -> Response:
 
 def health():
     """The original health answer, kept for existing checks."""
-    return _json({"health": "true"})
+    return json_response({"health": "true"})
 
 
 def healthz():
     """Liveness: the process answers."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 def readyz():
@@ -156,7 +144,7 @@ def readyz():
         state["ready"] = (time.monotonic(), failure)
     if failure:
         return problem(503, "Not ready", failure, "not_ready")
-    return _json({"status": "ready", "model_id": _settings().model_id})
+    return json_response({"status": "ready", "model_id": _settings().model_id})
 
 
 def _read_json_body():
@@ -175,64 +163,53 @@ def generate_images():
     body = _read_json_body()
     generation = parse_generation_request(body, PROFILES[settings.model_id],
                                           default_quality=settings.default_quality,
-                                          root_prefix=settings.s3_key_prefix if settings.store == "s3" else "")
+                                          root_prefix=_services().store.key_prefix)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
-        return _json(_run(generation))
+        return json_response(_run(generation))
     keys = _services().idempotency
     claim = keys.begin(idempotency_key, g.get("api_key_name", ""), fingerprint(body), g.request_id)
     if isinstance(claim, Replay):
-        response = _json(claim.body, claim.status, "application/json" if claim.status == 200 else PROBLEM_JSON)
+        g.replayed = True
+        response = json_response(claim.body, claim.status, "application/json" if claim.status == 200 else PROBLEM_JSON)
         response.headers["Idempotent-Replayed"] = "true"
         return response
     try:
         manifest = _run(generation)
     except ServiceError as error:
-        keys.finish(claim, error.status, problem_body(error.status, error.title, error.detail, error.code,
-                                                      **error.extra))
+        answer = service_error_body(error)
+        keys.finish(claim, answer["status"], answer)
         raise
     except Exception:
         keys.finish(claim, 500, {})
         raise
     keys.finish(claim, 200, manifest)
-    return _json(manifest)
+    return json_response(manifest)
 
 
 def _run(generation) -> dict:
-    """Run the pipeline and add offline URLs to the manifest."""
-    settings = _settings()
-    manifest = _services().pipeline.run(generation, g.request_id)
-    if settings.store == "filesystem":
-        base = settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
-        for detail in manifest["image_details"]:
-            detail["url"] = f"{base}/images/{detail['key']}"
-    else:
-        # `images` keeps the caller's keys, as before; the object's full address goes beside it, and
-        # a presigned URL lets a UI show the image without credentials of its own.
-        store = _services().store
-        for detail in manifest["image_details"]:
-            detail["s3_uri"] = f"s3://{settings.s3_bucket}/{settings.s3_key_prefix}{detail['key']}"
-            if settings.s3_url_seconds:
-                detail["url"] = store.presigned_url(detail["key"], settings.s3_url_seconds)
-    return manifest
+    """Run the pipeline and render its typed result once, as the manifest."""
+    services = _services()
+    result = services.pipeline.run(generation, g.request_id)
+    g.generation = result  # the access log, metrics and Server-Timing read this, not the JSON
+    base_url = _settings().public_base_url.rstrip("/") or request.host_url.rstrip("/")
+    return render_manifest(result, services.store, base_url)
 
 
 def openapi():
     """The OpenAPI 3.1 document, with the limits of the model this service runs."""
     settings = _settings()
-    return _json(openapi_document(PROFILES[settings.model_id], api_keys=bool(settings.api_keys_file)))
+    return json_response(openapi_document(PROFILES[settings.model_id], api_keys=bool(settings.api_keys_file)))
 
 
 def image(key: str):
-    """Serve a stored image in offline mode; quarantined originals and hidden files never."""
-    settings = _settings()
+    """Serve a published image the store holds locally (offline mode); quarantined originals and hidden files never."""
     segments = key.split("/")
-    if settings.store != "filesystem" or key.startswith(settings.quarantine_prefix) \
-            or not all(SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
-        return problem(404, "Not Found", "no such image", "not_found")
-    try:
-        data = _services().store.read(key)
-    except (FileNotFoundError, IsADirectoryError, ServiceError):
+    data = None
+    if not key.startswith(_settings().quarantine_prefix) \
+            and all(SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+        data = _services().store.published(key)
+    if data is None:
         return problem(404, "Not Found", "no such image", "not_found")
     response = Response(data, content_type="image/png")
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -12,6 +12,9 @@ from generation.errors import KeyExists, StoreFailed
 class FilesystemStore:
     """Keeps each image as a file under `root`; a key maps to a relative path."""
 
+    # Keys are paths under the root as they are: nothing is put before them.
+    key_prefix = ""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
 
@@ -59,13 +62,17 @@ class FilesystemStore:
         except OSError as error:
             raise StoreFailed(f"could not delete {key!r}: {error.strerror}") from error
 
-    def read(self, key: str) -> bytes:
-        """The bytes of a published image at `key`; FileNotFoundError when absent or hidden."""
-        hidden = any(part.startswith(".") for part in self.path_for(key).relative_to(self.root).parts)
-        data = None if hidden else self.get(key)
-        if data is None:
-            raise FileNotFoundError(key)
-        return data
+    def published(self, key: str) -> bytes | None:
+        """The bytes of a published image at `key`; None when absent, hidden or not a file."""
+        try:
+            hidden = any(part.startswith(".") for part in self.path_for(key).relative_to(self.root).parts)
+            return None if hidden else self.get(key)
+        except StoreFailed:  # outside the store, a folder, or unreadable: not an image to serve
+            return None
+
+    def address(self, key: str, base_url: str) -> dict[str, str]:
+        """The URL at which this service serves the image (offline mode)."""
+        return {"url": f"{base_url.rstrip('/')}/images/{key}"}
 
     def check(self) -> None:
         """Raise StoreFailed unless the root is a writable folder."""

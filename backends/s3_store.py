@@ -21,10 +21,11 @@ class S3Store:
     """Keeps images in one bucket under one key prefix; a key is never written twice."""
 
     def __init__(self, client, bucket: str, *, key_prefix: str = "", sse: str = "", kms_key_id: str = "",
-                 sleep=time.sleep):
+                 url_seconds: int = DEFAULT_URL_SECONDS, sleep=time.sleep):
         self.client = client
         self.bucket = bucket
         self.key_prefix = key_prefix
+        self.url_seconds = url_seconds
         self.extra_args = encryption_args(sse, kms_key_id)
         self._sleep = sleep
 
@@ -34,7 +35,7 @@ class S3Store:
         from backends.aws_clients import s3_client
 
         return cls(s3_client(settings), settings.s3_bucket, key_prefix=settings.s3_key_prefix,
-                   sse=settings.s3_sse, kms_key_id=settings.s3_sse_kms_key_id)
+                   sse=settings.s3_sse, kms_key_id=settings.s3_sse_kms_key_id, url_seconds=settings.s3_url_seconds)
 
     def object_key(self, key: str) -> str:
         """The S3 key of a store key: the configured prefix before it."""
@@ -95,6 +96,18 @@ class S3Store:
             raise StoreFailed(f"S3 did not delete {key!r} ({_code(error)}: {_message(error)})") from error
         except BotoCoreError as error:
             raise StoreFailed(f"could not reach S3 to delete {key!r}: {type(error).__name__}") from error
+
+    def address(self, key: str, base_url: str = "") -> dict[str, str]:
+        """The object's full `s3_uri` and, unless URLs are off, a presigned GET `url` for a UI to show it."""
+        # `images` keeps the caller's keys; the full address (with the key prefix) goes beside them.
+        found = {"s3_uri": f"s3://{self.bucket}/{self.object_key(key)}"}
+        if self.url_seconds:
+            found["url"] = self.presigned_url(key, self.url_seconds)
+        return found
+
+    def published(self, key: str) -> bytes | None:
+        """None: S3 serves its images itself, through their presigned URLs."""
+        return None
 
     def presigned_url(self, key: str, expires: int = DEFAULT_URL_SECONDS) -> str:
         """A SigV4 GET URL for `key`, valid `expires` seconds (at most 7 days; S3 refuses longer)."""

@@ -57,7 +57,7 @@ def _image_entry(result) -> dict:
         entry["moderation"] = {"verdict": result.moderation.verdict, "action": result.moderation.action,
                                "labels": [asdict(label) for label in result.moderation.labels]}
     if result.error is not None:
-        entry["error"] = {"status": result.error.status, "code": result.error.code, "detail": result.error.detail}
+        entry["error"] = {"code": result.error.code, "detail": result.error.detail}
     return entry
 
 

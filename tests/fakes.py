@@ -49,6 +49,8 @@ class FakeModel:
 class MemoryStore:
     """A dict that refuses to overwrite, like a conditional put."""
 
+    key_prefix = ""
+
     def __init__(self, *, fail=None):
         self.objects: dict[str, tuple[bytes, dict]] = {}
         self.fail = fail
@@ -76,6 +78,12 @@ class MemoryStore:
 
     def check(self) -> None:
         pass
+
+    def address(self, key: str, base_url: str) -> dict[str, str]:
+        return {"url": f"memory://{key}"}
+
+    def published(self, key: str) -> bytes | None:
+        return self.get(key)
 
 
 class FakeScreener:

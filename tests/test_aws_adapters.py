@@ -32,6 +32,7 @@ from generation.errors import (
 from generation.png import png_size
 from image_generation import ImageSpec, ModerationLabel
 from settings import Settings, SettingsError
+from web.problems import status_of
 
 pytest_plugins = ["tests.aws_fixtures"]
 
@@ -241,7 +242,7 @@ def test_bedrock_model_translates_each_error(aws_env, standin, code, kind, statu
     standin.configure(fail_next=[code])
     with pytest.raises(kind) as raised:
         model().generate(spec(), far_deadline())
-    assert raised.value.status == status
+    assert status_of(raised.value.code) == status
     assert standin.stats()["invoke_calls"] == 1
 
 

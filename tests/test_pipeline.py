@@ -13,8 +13,9 @@ from PIL import Image, ImageFilter, ImageStat
 
 from generation.errors import ContentFiltered, DeadlineExceeded, KeyExists, ModelThrottled, StoreFailed
 from generation.png import png_size
-from image_generation import GenerationRequest, Pipeline, PipelineConfig, ScreeningOff
+from image_generation import GenerationRequest, ModerationLabel, Pipeline, PipelineConfig, ScreeningOff
 from tests.fakes import FakeModel, FakeScreener, MemoryStore
+from web.problems import status_of
 
 REQUEST = GenerationRequest(prompt="red porsche", output_folder="000/111", file_name_prefix="porsche_image",
                             width=512, height=512)
@@ -35,24 +36,23 @@ def make(executor, model=None, store=None, screener=None, **config):
 
 def test_pipeline_stores_four_distinct_keys_under_the_folder(executor):
     pipeline, _, store = make(executor)
-    manifest = pipeline.run(REQUEST, "req-1")
-    keys = manifest["images"]
+    result = pipeline.run(REQUEST, "req-1")
+    keys = [r.key for r in result.stored]
     assert len(keys) == 4 and len(set(keys)) == 4
     for key in keys:
         assert key.startswith("000/111/porsche_image-") and key.endswith(".png")
         data, metadata = store.objects[key]
         assert png_size(data) == (512, 512)
         assert metadata["request-id"] == "req-1"
-    assert [d["key"] for d in manifest["image_details"]] == keys
-    assert manifest["errors"] == [] and manifest["request_id"] == "req-1"
+    assert result.failed == [] and result.request_id == "req-1" and result.model_id == "fake-model"
 
 
 def test_pipeline_gives_every_image_its_own_seed_unless_one_is_given(executor):
     pipeline, _, _ = make(executor)
-    seeds = [d["seed"] for d in pipeline.run(REQUEST, "r")["image_details"]]
+    seeds = [r.seed for r in pipeline.run(REQUEST, "r").stored]
     assert len(set(seeds)) == 4
     fixed = GenerationRequest(**{**REQUEST.__dict__, "seed": 7, "count": 2})
-    assert [d["seed"] for d in pipeline.run(fixed, "r")["image_details"]] == [7, 7]
+    assert [r.seed for r in pipeline.run(fixed, "r").stored] == [7, 7]
 
 
 def test_pipeline_runs_the_model_calls_side_by_side(executor):
@@ -74,18 +74,18 @@ def test_pipeline_picks_a_new_name_when_a_key_is_taken(executor):
         original_put(key, data, metadata, **kwargs)
 
     store.put_new = put_once_taken
-    manifest = pipeline.run(REQUEST, "r")
-    assert len(manifest["images"]) == 4
-    assert len(taken) == 4 and not set(manifest["images"]) & set(taken)
+    keys = [r.key for r in pipeline.run(REQUEST, "r").stored]
+    assert len(keys) == 4
+    assert len(taken) == 4 and not set(keys) & set(taken)
 
 
 def test_pipeline_reports_partial_success(executor):
     model = FakeModel(errors=[None, ModelThrottled("slow down"), None, None])
     pipeline, _, store = make(executor, model)
-    manifest = pipeline.run(REQUEST, "r")
-    assert len(manifest["images"]) == 3
-    assert [e["code"] for e in manifest["errors"]] == ["model_throttled"]
-    assert set(manifest["images"]) == set(store.images())
+    result = pipeline.run(REQUEST, "r")
+    assert len(result.stored) == 3
+    assert [r.error.code for r in result.failed] == ["model_throttled"]
+    assert {r.key for r in result.stored} == set(store.images())
 
 
 def test_pipeline_raises_the_common_cause_when_every_image_fails(executor):
@@ -125,14 +125,13 @@ def test_pipeline_never_starts_a_queued_call_after_the_deadline():
 def test_pipeline_blurs_flagged_images_and_quarantines_the_original(executor):
     screener = FakeScreener(flag_all=True)
     pipeline, _, store = make(executor, screener=screener, quarantine_prefix="quarantine/")
-    manifest = pipeline.run(REQUEST, "r")
+    result = pipeline.run(REQUEST, "r")
     originals = set(screener.seen)
-    for detail in manifest["image_details"]:
-        assert detail["moderation"]["verdict"] == "flagged"
-        assert detail["moderation"]["action"] == "blurred"
-        assert detail["moderation"]["labels"][0] == {"name": "Graphic Violence", "parent": "Violence",
-                                                     "confidence": 97.5}
-        published, _ = store.objects[detail["key"]]
+    assert result.flagged == 4
+    for image in result.stored:
+        assert image.moderation.verdict == "flagged" and image.moderation.action == "blurred"
+        assert image.moderation.labels[0] == ModerationLabel("Graphic Violence", "Violence", 97.5)
+        published, _ = store.objects[image.key]
         assert published not in originals and png_size(published) == (512, 512)
         edges = Image.open(io.BytesIO(published)).convert("L").filter(ImageFilter.FIND_EDGES)
         # Placeholders have hard edges and text; a blur strong enough leaves only soft gradients.
@@ -144,16 +143,16 @@ def test_pipeline_blurs_flagged_images_and_quarantines_the_original(executor):
 
 def test_pipeline_withholds_flagged_originals_when_told(executor):
     pipeline, _, store = make(executor, screener=FakeScreener(flag_all=True), flagged_action="withhold")
-    manifest = pipeline.run(REQUEST, "r")
-    assert {d["moderation"]["action"] for d in manifest["image_details"]} == {"blurred_withheld"}
-    assert set(store.images()) == set(manifest["images"])
+    result = pipeline.run(REQUEST, "r")
+    assert {r.moderation.action for r in result.stored} == {"blurred_withheld"}
+    assert set(store.images()) == {r.key for r in result.stored}
 
 
 def test_pipeline_fails_closed_when_screening_fails(executor):
     pipeline, _, store = make(executor, screener=FakeScreener(fail=True))
     with pytest.raises(Exception) as caught:
         pipeline.run(REQUEST, "r")
-    assert caught.value.code == "screening_failed" and caught.value.status == 503
+    assert caught.value.code == "screening_failed" and status_of(caught.value.code) == 503
     assert store.images() == {}
 
 
@@ -167,7 +166,7 @@ def test_pipeline_keys_stay_distinct_across_concurrent_requests(executor):
     pipeline, _, store = make(executor)
     with ThreadPoolExecutor(max_workers=8) as callers:
         manifests = list(callers.map(lambda i: pipeline.run(REQUEST, f"r{i}"), range(8)))
-    keys = [k for m in manifests for k in m["images"]]
+    keys = [r.key for m in manifests for r in m.stored]
     assert len(keys) == 32 and len(set(keys)) == 32 and set(keys) == set(store.images())
 
 
@@ -202,8 +201,8 @@ def test_pipeline_records_every_request_that_reached_the_model(executor):
 
 def test_pipeline_keeps_both_records_when_a_request_id_is_reused(executor):
     pipeline, _, store = make(executor)
-    first = pipeline.run(REQUEST, "same")["record"]
-    second = pipeline.run(REQUEST, "same")["record"]
+    first = pipeline.run(REQUEST, "same").record
+    second = pipeline.run(REQUEST, "same").record
     assert first != second and store.get(first) and store.get(second)
 
 
@@ -232,6 +231,6 @@ def test_pipeline_finishes_at_most_its_processing_slots_of_images_at_once(execut
 
     screener = SlowScreener()
     pipeline, model, _ = make(executor, FakeModel(latency=0.1), screener=screener, processing_slots=2)
-    manifest = pipeline.run(GenerationRequest(**{**REQUEST.__dict__, "count": 5}), "r")
-    assert len(manifest["images"]) == 5
+    result = pipeline.run(GenerationRequest(**{**REQUEST.__dict__, "count": 5}), "r")
+    assert len(result.stored) == 5
     assert model.max_in_flight == 5 and screener.peak == 2

@@ -6,6 +6,7 @@ import pytest
 
 from generation.errors import InvalidRequest
 from generation.model_registry import NOVA_CANVAS, TITAN_V2
+from web.problems import status_of
 from web.request_schema import parse_generation_request
 
 GOOD = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}
@@ -79,7 +80,7 @@ def test_validation_rejects_and_names_the_field(changes, field):
     with pytest.raises(InvalidRequest) as caught:
         parse(**changes)
     assert field in fields_of(caught.value)
-    assert caught.value.status == 400
+    assert status_of(caught.value.code) == 400
 
 
 def test_validation_rejects_a_body_that_is_not_an_object():

@@ -9,6 +9,7 @@ from flask import Flask, Response, g, request
 
 from keyadmin.api_keys import KeyFileError, KeyRing
 from settings import Settings, SettingsError
+from web.problems import problem
 
 log = logging.getLogger("ai_image_generator.api_keys")
 # Health answers load balancers and systemd; /metrics has its own guard (loopback or the metrics key).
@@ -68,9 +69,6 @@ def _require_key(ring: KeyRing) -> Response | None:
 
 
 def _unauthorized(code: str, detail: str, challenge: str) -> Response:
-    # Imported here because ai_image_generator imports this module while it is being built.
-    from ai_image_generator import problem
-
     response = problem(401, "Unauthorized", detail, code)
     response.headers["WWW-Authenticate"] = challenge
     return response

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from generation.errors import InvalidRequest, KeyExists, ServiceError
+from generation.errors import IdempotencyConflict, IdempotencyMismatch, InvalidRequest, KeyExists
 
 FOLDER = ".idempotency"  # hidden: never served as an image
 # Printable ASCII without spaces at the ends, as in the IETF Idempotency-Key draft's examples.
@@ -17,21 +17,6 @@ KEY_PATTERN = re.compile(r"[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?")
 # paid for nothing, so a retry should really try again.
 REPLAYED_STATUSES = (200, 504)
 
-
-class IdempotencyConflict(ServiceError):
-    """The first request with this key is still running."""
-
-    status = 409
-    code = "idempotency_in_progress"
-    title = "A request with this Idempotency-Key is still running"
-
-
-class IdempotencyMismatch(ServiceError):
-    """The key was used before with a different body."""
-
-    status = 422
-    code = "idempotency_key_reused"
-    title = "Idempotency-Key reused with a different request"
 
 
 @dataclass(frozen=True)

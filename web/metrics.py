@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from settings import Settings
 from web.client_address import from_this_host
+from web.problems import problem
 from web.request_summary import RequestSummary, summarize
 
 log = logging.getLogger("ai_image_generator.metrics")
@@ -113,9 +114,6 @@ def _has_metrics_key(expected: str) -> bool:
 
 
 def _refused(expected: str) -> Response:
-    # Imported here because ai_image_generator imports this module while it is being built.
-    from ai_image_generator import problem
-
     if expected:
         response = problem(401, "Unauthorized", "/metrics needs the metrics key as a Bearer token",
                            "metrics_key_required")

@@ -11,6 +11,7 @@ from flask import Flask, Response, g, request
 from flask_limiter import Limit, Limiter, RateLimitExceeded
 
 from settings import Settings, SettingsError
+from web.problems import problem
 
 log = logging.getLogger("ai_image_generator.rate_limits")
 # The paid route; health, images and metrics are cheap and stay unlimited.
@@ -60,9 +61,6 @@ def _exempt() -> bool:
 
 
 def _too_many(limiter: Limiter, error: RateLimitExceeded) -> Response:
-    # Imported here because ai_image_generator imports this module while it is being built.
-    from ai_image_generator import problem
-
     current = limiter.current_limit
     # window.reset_time: when the oldest hit in the window expires and a request fits again.
     retry_after = max(1, math.ceil(current.window.reset_time - time.time())) if current else 1

@@ -1,4 +1,4 @@
-"""What one request did and how long it took, read once and shared by the access log, metrics and Server-Timing."""
+"""What one request did and how long it took: made once from the typed result, read by logs, metrics, Server-Timing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from flask import Flask, Response, g, request
 
-# The pipeline's stages, as the manifest's "timings_ms" names them.
-STAGES = ("model", "screening", "store")
-GENERATE_ENDPOINT = "generate_images"
+# The routes whose failures the metrics count as failed generations.
+GENERATION_ENDPOINTS = frozenset({"generate_images"})
 
 
 @dataclass(frozen=True)
@@ -52,34 +51,25 @@ def summarize(response: Response) -> RequestSummary:
         status=response.status_code,
         duration_ms=round(duration_ms, 1),
         key_name=g.get("api_key_name"),
-        **_outcome(response),
+        **_outcome(),
     )
     g.request_summary = summary
     return summary
 
 
-def _outcome(response: Response) -> dict:
-    """What the answer says was made: images, flags, stage times and failure codes."""
-    if request.endpoint != GENERATE_ENDPOINT or not response.is_json or response.is_streamed:
-        return {}
-    if response.headers.get("Idempotent-Replayed") == "true":
+def _outcome() -> dict:
+    """What the request made, from the typed result the route (or its error handler) left in `g`."""
+    if g.get("replayed"):
         # A replay of an earlier answer made nothing: counting its images again would inflate the totals.
         return {"replayed": True}
-    body = response.get_json(silent=True)
-    if not isinstance(body, dict):
-        return {}
-    if response.status_code >= 400:
-        # When every image failed, the problem lists each image's own failure too.
-        return {"problem_code": body.get("code"),
-                "failed_codes": tuple(e.get("code", "unknown") for e in body.get("image_errors", []))}
-    details = body.get("image_details", [])
-    timings = body.get("timings_ms", {})
-    return {
-        "images": len(body.get("images", [])),
-        "flagged": sum(1 for d in details if (d.get("moderation") or {}).get("verdict") == "flagged"),
-        "stage_ms": {stage: float(timings[stage]) for stage in STAGES if stage in timings},
-        "failed_codes": tuple(e.get("code", "unknown") for e in body.get("errors", [])),
-    }
+    outcome = {"problem_code": g.get("problem_code") if request.endpoint in GENERATION_ENDPOINTS else None}
+    result = g.get("generation")
+    if result is not None:
+        outcome.update(images=len(result.stored), flagged=result.flagged,
+                       failed_codes=tuple(r.error.code for r in result.failed))
+        if result.stored:
+            outcome["stage_ms"] = dict(result.timings_ms)
+    return outcome
 
 
 def _server_timing(response: Response) -> Response:

@@ -1,0 +1,68 @@
+"""One JSON error shape for every failure, and the one table that maps error codes to HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response, g
+
+from generation.errors import ServiceError
+
+PROBLEM_JSON = "application/problem+json"
+
+# code -> (HTTP status, title). Every ServiceError code is here; a test keeps it so.
+STATUSES: dict[str, tuple[int, str]] = {
+    "invalid_request": (400, "Invalid request"),
+    "content_filtered": (400, "Blocked by the model's content filter"),
+    "idempotency_in_progress": (409, "A request with this Idempotency-Key is still running"),
+    "idempotency_key_reused": (422, "Idempotency-Key reused with a different request"),
+    "model_throttled": (429, "The image model is throttling requests"),
+    "internal_error": (500, "Internal error"),
+    "model_failed": (502, "The image model failed"),
+    "model_unavailable": (503, "The image model is not available"),
+    "model_busy": (503, "The image model is temporarily unavailable"),
+    "screening_failed": (503, "Image screening failed"),
+    "store_failed": (503, "Storing the image failed"),
+    "model_timeout": (504, "The image model timed out"),
+    "deadline_exceeded": (504, "The request's deadline passed"),
+}
+
+
+def status_of(code: str) -> int:
+    """The HTTP status of an error code (500 for a code the table lacks)."""
+    return STATUSES.get(code, STATUSES["internal_error"])[0]
+
+
+def json_response(payload, status: int = 200, content_type: str = "application/json") -> Response:
+    """A JSON answer."""
+    return Response(json.dumps(payload), status=status, content_type=content_type)
+
+
+def problem_body(status: int, title: str, detail: str, code: str, **extra) -> dict:
+    """One JSON error shape for every failure (RFC 9457 problem details plus a code and the request id)."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code,
+            "request_id": g.get("request_id", "")}
+    body.update(extra)
+    return body
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra) -> Response:
+    """A problem answer; see problem_body. Its code is kept for the request's summary (logs, metrics)."""
+    g.problem_code = code
+    return json_response(problem_body(status, title, detail, code, **extra), status, PROBLEM_JSON)
+
+
+def service_error_body(error: ServiceError) -> dict:
+    """The problem body of a domain error, its status and title from the table."""
+    status, title = STATUSES.get(error.code, STATUSES["internal_error"])
+    extra = dict(error.extra)
+    if error.result is not None:
+        # Every image failed: each image's own failure goes along, for the caller.
+        extra["image_errors"] = [image_error_json(r) for r in error.result.failed]
+    return problem_body(status, title, error.detail, error.code, **extra)
+
+
+def image_error_json(result) -> dict:
+    """One failed image of a request, as the manifest and problem answers list it."""
+    return {"index": result.index, "seed": result.seed, "status": status_of(result.error.code),
+            "code": result.error.code, "detail": result.error.detail}
