@@ -1,11 +1,31 @@
-"""HTTP stand-in for Bedrock Runtime InvokeModel and Rekognition DetectModerationLabels.
+"""HTTP stand-in for Bedrock Runtime InvokeModel, Bedrock GetFoundationModel and Rekognition.
 
 Wire formats, limits, status codes and messages follow /work/shared/aws-reference.md
-(sections 1, 2, 4 and the checklist in section 7). Run it as
+(sections 1, 2, 4 and the checklist in section 7) and /work/shared/wave2-reference.md Part B
+(Stability bodies, regions, GetFoundationModel, lifecycle errors). Run it as
 ``python -m standins.aws_standin --port 0`` (prints ``READY <url>``) or in-process via
-``StandinServer``. Prompt markers: ``[[blocked]]`` (400 content filter), ``[[blocked-output]]``
-(200 with "error"), ``[[flag:<label>]]`` (Rekognition reports that label). Control API:
-``GET /_standin/stats``, ``GET|POST /_standin/config``, ``POST /_standin/reset``.
+``StandinServer``. One port serves every client: ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``,
+``AWS_ENDPOINT_URL_BEDROCK`` and ``AWS_ENDPOINT_URL_REKOGNITION`` may all point at it.
+
+Routes: ``POST /model/{modelId}/invoke`` (Titan v2, Nova Canvas, Stability SD3.5 Large / Stable
+Image Core / Stable Image Ultra), ``GET /foundation-models/{modelIdentifier}`` (GetFoundationModel),
+``POST /`` with ``X-Amz-Target`` (DetectModerationLabels). The region is read from the SigV4
+credential scope; a model invoked outside its regions is refused (bearer calls skip the check).
+
+Prompt markers: ``[[blocked]]`` (Titan/Nova: 400 content filter; Stability: 200 with
+``finish_reasons ["Filter reason: prompt"]``), ``[[blocked-output]]`` (Titan/Nova: 200 with
+"error"; Stability: 200 with ``["Filter reason: output image"]``), ``[[inference-error]]``
+(Stability: 200 with ``["Inference error"]``), ``[[flag:<label>]]`` (Rekognition reports it).
+
+Control API: ``GET /_standin/stats``, ``GET|POST /_standin/config``, ``POST /_standin/reset``.
+Knobs (start-up keyword/flag or config JSON): latency, latency_jitter, throttle_rate, error_rate,
+error_code, fail_next, disabled_models, disabled_error, no_access_models (InvokeModel 403),
+retired_models (InvokeModel and GetFoundationModel 404 end of life), legacy_models
+(``{"<model id>": {"legacyTime": "2026-03-30", "endOfLifeTime": "2026-09-30",
+"publicExtendedAccessTime": "..."}}``: GetFoundationModel says LEGACY), control_plane_error
+("" or AccessDeniedException / ThrottlingException / InternalServerException for every
+GetFoundationModel), png_kind, rekognition_latency, rekognition_down, rekognition_throttle_rate,
+rekognition_fail_next, flag_all, flag_confidence, seed.
 """
 
 from __future__ import annotations
@@ -13,7 +33,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
+import io
 import json
 import random
 import re
@@ -29,6 +51,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -85,6 +108,118 @@ MODELS = {
     TITAN_V2: ModelSpec(TITAN_V2, 512, 8.0, TEXT_KEYS),
     NOVA_CANVAS: ModelSpec(NOVA_CANVAS, 1024, 6.5, TEXT_KEYS | {"style"}),
 }
+
+# --------------------------------------------------------------------------------------
+# Stability text-to-image facts (wave2 reference Part B sections 1.1-1.6)
+# --------------------------------------------------------------------------------------
+
+SD3_5_LARGE = "stability.sd3-5-large-v1:0"
+STABLE_IMAGE_CORE = "stability.stable-image-core-v1:1"
+STABLE_IMAGE_ULTRA = "stability.stable-image-ultra-v1:1"
+
+ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
+PROMPT_MAX = 10_000
+TEXT_TO_IMAGE = "text-to-image"
+IMAGE_TO_IMAGE = "image-to-image"
+MIN_INPUT_SIDE = 64  # SD3.5 image-to-image: "Minimum 64 pixels per side" (1.2)
+
+# Output pixel sizes are NOT documented by AWS (Part B 1.5, open item 1): these tables are the
+# stand-in's own choice. SD3.5 is "1 megapixel" (1.2), so it uses the ~1 MP SDXL-style list.
+SD3_5_SIZES = {
+    "1:1": (1024, 1024), "16:9": (1344, 768), "21:9": (1536, 640), "2:3": (832, 1216),
+    "3:2": (1216, 832), "4:5": (896, 1088), "5:4": (1088, 896), "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+# Core gave 1536x1536 at 1:1 (1.1, awsdocs PR #7989) and Core/Ultra sides are 640..1536 (1.3, 1.4).
+# Stand-in choice for the rest: long side 1536, short side scaled and rounded to a multiple of 16.
+CORE_ULTRA_SIZES = {
+    "1:1": (1536, 1536), "16:9": (1536, 864), "21:9": (1536, 656), "2:3": (1024, 1536),
+    "3:2": (1536, 1024), "4:5": (1232, 1536), "5:4": (1536, 1232), "9:16": (864, 1536),
+    "9:21": (656, 1536),
+}
+
+
+@dataclass(frozen=True)
+class StabilitySpec:
+    """What differs between the three Stability text-to-image bodies (Part B 1.2-1.4)."""
+
+    model_id: str
+    keys: frozenset
+    modes: tuple[str, ...]
+    seed_max: int
+    formats: tuple[str, ...]
+    sizes: dict[str, tuple[int, int]]
+
+
+_STABILITY_COMMON = frozenset({"prompt", "aspect_ratio", "mode", "seed", "negative_prompt",
+                               "output_format"})
+# Not accepted by any of them: style_preset, cfg_scale, steps and counts are undocumented on
+# Bedrock today (1.2, 1.4; the sample notebook's style_preset is UNCONFIRMED), so the stand-in
+# refuses them rather than let the service rely on a field AWS may ignore.
+STABILITY_MODELS = {
+    SD3_5_LARGE: StabilitySpec(SD3_5_LARGE, _STABILITY_COMMON | {"image", "strength"},
+                               (TEXT_TO_IMAGE, IMAGE_TO_IMAGE), 4_294_967_294,
+                               ("jpeg", "png", "webp"), SD3_5_SIZES),
+    # Ultra image-to-image is self-contradictory in the docs (1.3): text-to-image only here.
+    STABLE_IMAGE_ULTRA: StabilitySpec(STABLE_IMAGE_ULTRA, _STABILITY_COMMON, (TEXT_TO_IMAGE,),
+                                      4_294_967_295, ("jpeg", "png"), CORE_ULTRA_SIZES),
+    # Core's page lists no `mode`; the stand-in accepts mode=text-to-image like Ultra (1.4).
+    STABLE_IMAGE_CORE: StabilitySpec(STABLE_IMAGE_CORE, _STABILITY_COMMON, (TEXT_TO_IMAGE,),
+                                     4_294_967_295, ("jpeg", "png"), CORE_ULTRA_SIZES),
+}
+
+FILTER_PROMPT = "Filter reason: prompt"
+FILTER_OUTPUT = "Filter reason: output image"
+INFERENCE_ERROR = "Inference error"
+
+# --------------------------------------------------------------------------------------
+# Catalogue: regions and GetFoundationModel details (Part B sections 1.1, 3.1, 5.1)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """Where a model is offered and what GetFoundationModel says about it."""
+
+    name: str
+    provider: str
+    regions: tuple[str, ...]
+    inputs: tuple[str, ...]
+
+
+# Regions: Titan v2 and Nova Canvas from Part B 5.1, Stability from 1.1 (us-west-2 only).
+# Names and providers: Stability from 1.1 and the 3.1 sample dump, Titan/Nova from 5.1.
+# Input modalities: Core "Text only" (1.1) and Ultra TEXT (3.1 dump); TEXT+IMAGE for SD3.5,
+# Titan and Nova (they take input images) is the stand-in's choice.
+CATALOG = {
+    TITAN_V2: CatalogEntry("Titan Image Generator G1 v2", "Amazon", ("us-east-1", "us-west-2"),
+                           ("TEXT", "IMAGE")),
+    NOVA_CANVAS: CatalogEntry("Nova Canvas", "Amazon", ("us-east-1", "eu-west-1", "ap-northeast-1"),
+                              ("TEXT", "IMAGE")),
+    SD3_5_LARGE: CatalogEntry("Stable Diffusion 3.5 Large", "Stability AI", ("us-west-2",),
+                              ("TEXT", "IMAGE")),
+    STABLE_IMAGE_CORE: CatalogEntry("Stable Image Core 1.0", "Stability AI", ("us-west-2",),
+                                    ("TEXT",)),
+    STABLE_IMAGE_ULTRA: CatalogEntry("Stable Image Ultra 1.0", "Stability AI", ("us-west-2",),
+                                     ("TEXT",)),
+}
+# The real Legacy/EOL dates (Part B 5.1), ready for the legacy_models knob. The stand-in's
+# default is ACTIVE so tests opt in to lifecycle behaviour.
+DOCUMENTED_LIFECYCLE = {
+    NOVA_CANVAS: {"legacyTime": "2026-03-30", "endOfLifeTime": "2026-09-30"},
+    TITAN_V2: {"legacyTime": "2025-12-30", "endOfLifeTime": "2026-06-30"},
+}
+LIFECYCLE_DATES = ("legacyTime", "endOfLifeTime", "publicExtendedAccessTime")
+# botocore bedrock 2023-04-20 GetFoundationModelIdentifier pattern (Part B 3.1); the stand-in
+# matches it whole, an assumption since Smithy patterns are not anchored.
+MODEL_IDENTIFIER_PATTERN = (
+    r"(arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}::foundation-model/[a-z0-9-]{1,63}[.]{1}"
+    r"([a-z0-9-]{1,63}[.]){0,2}[a-z0-9-]{1,63}([:][a-z0-9-]{1,63}){0,2})|([a-z0-9-]{1,63}[.]{1}"
+    r"[a-z0-9-]{1,63}([.]?[a-z0-9-]{1,63})([:][a-z0-9-]{1,63}){0,2})"
+)
+MODEL_IDENTIFIER_RE = re.compile(MODEL_IDENTIFIER_PATTERN)
+SCOPE_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/[^/,\s]+/aws4_request")
+
 FOUNDATION_ARN_RE = re.compile(r"^arn:aws[a-z-]*:bedrock:[a-z0-9-]*::foundation-model/(.+)$")
 
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
@@ -108,6 +243,19 @@ EOL_MESSAGE = (
     "Please refer to the AWS documentation for more details."
 )
 UNKNOWN_MODEL_MESSAGE = "Could not resolve the foundation model from the provided model identifier."
+# Observed for a model not offered in the caller's region (Part B section 4).
+INVALID_MODEL_MESSAGE = "The provided model identifier is invalid."
+# GetFoundationModel on an EOL model (Part B 3.1, litellm PR #42053).
+EOL_CONTROL_MESSAGE = "This model version has reached the end of its life."
+# Message text is the stand-in's choice; only the code and status are modelled (Part B 3.1).
+CONTROL_PLANE_ERRORS = {
+    "AccessDeniedException": "User is not authorized to perform: bedrock:GetFoundationModel",
+    "ThrottlingException": "Too many requests, please wait before trying again.",
+    "InternalServerException": "The server encountered an internal error while processing "
+                               "the request.",
+}
+REFUSAL_MESSAGES = {"AccessDeniedException": ACCESS_DENIED_MESSAGE,
+                    "ResourceNotFoundException": EOL_MESSAGE}
 
 # code -> (HTTP status, message used when the stand-in injects it); statuses from section 2.3.
 BEDROCK_ERRORS: dict[str, tuple[int, str]] = {
@@ -129,6 +277,7 @@ BEDROCK_ERRORS: dict[str, tuple[int, str]] = {
 
 MARK_BLOCKED = "[[blocked]]"
 MARK_BLOCKED_OUTPUT = "[[blocked-output]]"
+MARK_INFERENCE_ERROR = "[[inference-error]]"
 FLAG_RE = re.compile(r"\[\[flag:([^\]]+)\]\]")
 MODERATION_KEYWORD = "standin-moderation"
 
@@ -285,6 +434,33 @@ def _optional_int(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
 
+def _iso_time(value: Any) -> str:
+    """Normalise an ISO date or date-time to the UTC iso8601 form botocore parses."""
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lifecycles(value: Any) -> dict[str, dict[str, str]]:
+    """Parse {model id: {legacyTime, endOfLifeTime[, publicExtendedAccessTime]}} (or its JSON)."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError("expected an object of model id -> lifecycle dates")
+    parsed = {}
+    for model_id, dates in value.items():
+        keys = set(dates) if isinstance(dates, dict) else set()
+        if not {"legacyTime", "endOfLifeTime"} <= keys or keys - set(LIFECYCLE_DATES):
+            raise ValueError(f"{model_id}: expected legacyTime and endOfLifeTime, optional "
+                             "publicExtendedAccessTime")
+        parsed[str(model_id)] = {key: _iso_time(dates[key]) for key in LIFECYCLE_DATES
+                                 if key in dates}
+    return parsed
+
+
 # name -> (default, parser, help)
 KNOBS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "latency": (0.0, _seconds, "seconds each InvokeModel takes"),
@@ -297,6 +473,13 @@ KNOBS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "disabled_error": ("AccessDeniedException",
                        _one_of("AccessDeniedException", "ResourceNotFoundException"),
                        "error for disabled models (ResourceNotFoundException = end of life)"),
+    "no_access_models": (frozenset(), _model_set, "model ids InvokeModel refuses with 403"),
+    "retired_models": (frozenset(), _model_set,
+                       "model ids past end of life (InvokeModel and GetFoundationModel 404)"),
+    "legacy_models": ({}, _lifecycles,
+                      'JSON {"<id>": {"legacyTime": ..., "endOfLifeTime": ...}}: LEGACY models'),
+    "control_plane_error": ("", _one_of("", *CONTROL_PLANE_ERRORS),
+                            "error every GetFoundationModel answers with (empty = none)"),
     "png_kind": ("noise", _one_of("noise", "flat"), "noise (realistic size) or flat (tiny)"),
     "rekognition_latency": (0.0, _seconds, "seconds each DetectModerationLabels takes"),
     "rekognition_down": (False, _flag, "every DetectModerationLabels -> 500 InternalServerError"),
@@ -324,9 +507,11 @@ def parse_knobs(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Copy lists and render sets as sorted lists so knob values serialise safely."""
+    """Copy lists and dicts and render sets as sorted lists so knob values serialise safely."""
     if isinstance(value, (set, frozenset)):
         return sorted(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
     return list(value) if isinstance(value, list) else value
 
 
@@ -584,8 +769,13 @@ def _fresh_stats() -> dict[str, Any]:
         "retries_seen": 0,
         "auth_schemes": Counter(),
         "images_generated": 0,
+        "images_by_model": Counter(),
         "blocked_outputs": 0,
+        "finish_reasons": Counter(),
         "errors_returned": Counter(),
+        "control_plane_calls": 0,
+        "control_plane_calls_by_model": Counter(),
+        "control_plane_errors_returned": Counter(),
         "rekognition_calls": 0,
         "rekognition_attempts": Counter(),
         "rekognition_flagged": 0,
@@ -662,6 +852,11 @@ class StandinState:
         with self._lock:
             return max(0.0, base + self._rng.uniform(-jitter, jitter))
 
+    def random_seed(self, high: int) -> int:
+        """A non-zero seed for a caller that asked for a random one (seedable like faults)."""
+        with self._lock:
+            return self._rng.randint(1, high)
+
     def pop_fail(self, knob: str) -> str | None:
         """Consume the next scripted error code from a fail-next queue."""
         with self._lock:
@@ -682,14 +877,26 @@ class StandinState:
                 stats["attempts"][attempt] += 1
                 stats["retries_seen"] += attempt > 1
 
-    def end_invoke(self, reply: Reply) -> None:
+    def end_invoke(self, model_id: str, reply: Reply) -> None:
         """Finish an InvokeModel call and count its outcome."""
         with self._lock:
             self._in_flight -= 1
             self._stats["images_generated"] += reply.images
+            if reply.images:
+                self._stats["images_by_model"][model_id] += reply.images
             self._stats["blocked_outputs"] += reply.blocked_output
+            if reply.finish_reason:
+                self._stats["finish_reasons"][reply.finish_reason] += 1
             if reply.error_code:
                 self._stats["errors_returned"][reply.error_code] += 1
+
+    def count_control_plane(self, model_id: str, reply: Reply) -> None:
+        """Count a GetFoundationModel call and its outcome."""
+        with self._lock:
+            self._stats["control_plane_calls"] += 1
+            self._stats["control_plane_calls_by_model"][model_id] += 1
+            if reply.error_code:
+                self._stats["control_plane_errors_returned"][reply.error_code] += 1
 
     def count_rekognition(self, attempt: int | None, reply: Reply, flagged: bool) -> None:
         """Count a DetectModerationLabels call and its outcome."""
@@ -718,6 +925,7 @@ class Reply:
     images: int = 0
     blocked_output: bool = False
     flagged: bool = False
+    finish_reason: str | None = None  # Stability's non-null finish_reasons[0]
 
 
 def _request_id() -> str:
@@ -755,6 +963,12 @@ def _auth_scheme(headers: Any) -> str:
     if authorization.startswith("AWS4-HMAC-SHA256"):
         return "sigv4"
     return "bearer" if authorization.startswith("Bearer ") else ("none" if not authorization else "other")
+
+
+def scope_region(headers: Any) -> str | None:
+    """Region from the SigV4 credential scope; None for bearer or unsigned calls."""
+    match = SCOPE_RE.search(headers.get("Authorization") or "")
+    return match.group(1) if match else None
 
 
 def _attempt(headers: Any) -> int | None:
@@ -863,14 +1077,20 @@ def _optional(obj: dict, key: str, default: Any) -> Any:
     return default if value is _MISSING else value
 
 
-def parse_text_image(spec: ModelSpec, body: bytes) -> TextImageRequest:
-    """Validate an InvokeModel body like the real schema does; raise InvalidRequest."""
+def _load_object(body: bytes) -> dict:
+    """Parse the body as a JSON object."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(MALFORMED_PLAIN) from None
     if not isinstance(doc, dict):
         raise InvalidRequest.at("#", f"expected type: JSONObject, found: {_json_type(doc)}")
+    return doc
+
+
+def parse_text_image(spec: ModelSpec, body: bytes) -> TextImageRequest:
+    """Validate an InvokeModel body like the real schema does; raise InvalidRequest."""
+    doc = _load_object(body)
     task = _enum(_required(doc, "taskType", "#"), "#/taskType", TASK_TYPES)
     if task != "TEXT_IMAGE":
         raise InvalidRequest.at("#/taskType", f"{task} is not supported by stand-in")
@@ -947,23 +1167,25 @@ def _size(config: dict) -> tuple[int, int]:
     return width, height
 
 
-def resolve_model(model_id: str) -> ModelSpec | None:
-    """Map a model id or foundation-model ARN to a known model."""
+def canonical_model(model_id: str) -> str | None:
+    """Map a model id or foundation-model ARN to a model id the stand-in knows."""
     match = FOUNDATION_ARN_RE.match(model_id)
-    return MODELS.get(match.group(1) if match else model_id)
+    known = match.group(1) if match else model_id
+    return known if known in CATALOG else None
 
 
-def _model_arn(model_id: str) -> str:
+def _model_arn(model_id: str, region: str | None = None) -> str:
     """Foundation-model ARN used as ModelErrorException.resourceName."""
     if model_id.startswith("arn:"):
         return model_id
-    return f"arn:aws:bedrock:us-east-1::foundation-model/{model_id}"
+    return f"arn:aws:bedrock:{region or 'us-east-1'}::foundation-model/{model_id}"
 
 
-def _injected(code: str, model_id: str) -> Reply:
+def _injected(code: str, model_id: str, region: str | None) -> Reply:
     """An error chosen by a knob, with the extra members its shape models."""
     if code == "ModelErrorException":
-        return bedrock_error(code, originalStatusCode=500, resourceName=_model_arn(model_id))
+        return bedrock_error(code, originalStatusCode=500,
+                             resourceName=_model_arn(model_id, region))
     return bedrock_error(code)
 
 
@@ -973,22 +1195,35 @@ def handle_invoke(state: StandinState, raw_model: str, headers: Any, body: bytes
     state.begin_invoke(model_id, headers)
     reply = None
     try:
-        reply = _invoke(state, model_id, body)
+        reply = _invoke(state, model_id, scope_region(headers), body)
         return reply
     finally:
-        state.end_invoke(reply or Reply(500, {}, [], error_code="InternalServerException"))
+        state.end_invoke(model_id,
+                         reply or Reply(500, {}, [], error_code="InternalServerException"))
 
 
-def _invoke(state: StandinState, model_id: str, body: bytes) -> Reply:
-    """Fault injection, model access, validation, content filter, then generation."""
+def _invoke(state: StandinState, model_id: str, region: str | None, body: bytes) -> Reply:
+    """Fault injection, model access, then the model family's validation and generation."""
     started = time.monotonic()
     knobs = state.snapshot()
-    fault = _access_fault(state, knobs, model_id)
+    fault = _access_fault(state, knobs, model_id, region)
     if fault is not None:
         return fault
-    spec = resolve_model(model_id)
     if len(body) > MAX_INVOKE_BODY:
         return bedrock_error("ValidationException", "Input is too long for requested model.")
+    known = canonical_model(model_id)
+    if known in STABILITY_MODELS:
+        reply = _invoke_stability(state, knobs, STABILITY_MODELS[known], body)
+    else:
+        reply = _invoke_titan(state, knobs, MODELS[known], body)
+    if reply.status == 200:
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        reply.headers["X-Amzn-Bedrock-Invocation-Latency"] = str(elapsed_ms)
+    return reply
+
+
+def _invoke_titan(state: StandinState, knobs: dict, spec: ModelSpec, body: bytes) -> Reply:
+    """Titan v2 / Nova Canvas: validation, content filter (400 or 200 "error"), images."""
     try:
         request = parse_text_image(spec, body)
     except InvalidRequest as exc:
@@ -999,37 +1234,53 @@ def _invoke(state: StandinState, model_id: str, body: bytes) -> Reply:
     if MARK_BLOCKED_OUTPUT in request.text:
         reply = json_reply(200, {"images": [], "error": BLOCKED_OUTPUT_MESSAGE})
         reply.blocked_output = True
-    else:
-        reply = _images_reply(state, spec, request, knobs["png_kind"])
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    reply.headers["X-Amzn-Bedrock-Invocation-Latency"] = str(elapsed_ms)
-    return reply
+        return reply
+    return _images_reply(state, spec, request, knobs["png_kind"])
 
 
-def _access_fault(state: StandinState, knobs: dict, model_id: str) -> Reply | None:
+def _access_fault(state: StandinState, knobs: dict, model_id: str,
+                  region: str | None) -> Reply | None:
     """Scripted/random faults and model availability, checked before the body is read."""
     scripted = state.pop_fail("fail_next")
     if scripted:
-        return _injected(scripted, model_id)
-    spec = resolve_model(model_id)
-    disabled = knobs["disabled_models"]
-    if model_id in disabled or (spec is not None and spec.model_id in disabled):
-        code = knobs["disabled_error"]
-        return bedrock_error(code, ACCESS_DENIED_MESSAGE if code == "AccessDeniedException"
-                             else EOL_MESSAGE)
-    if spec is None:
+        return _injected(scripted, model_id, region)
+    known = canonical_model(model_id)
+    if known is not None and not _offered(known, region):
+        return bedrock_error("ValidationException", INVALID_MODEL_MESSAGE)  # Part B section 4
+    refusal = _refusal(knobs, {model_id, known})
+    if refusal is not None:
+        return refusal
+    if known is None:
         return bedrock_error("ResourceNotFoundException", UNKNOWN_MODEL_MESSAGE)
     if state.roll(knobs["throttle_rate"]):
         return bedrock_error("ThrottlingException")
     if state.roll(knobs["error_rate"]):
-        return _injected(knobs["error_code"], model_id)
+        return _injected(knobs["error_code"], model_id, region)
     return None
+
+
+def _offered(known: str, region: str | None) -> bool:
+    """Whether a known model exists in the caller's region (no SigV4 scope: assume yes)."""
+    return region is None or region in CATALOG[known].regions
+
+
+def _refusal(knobs: dict, ids: set) -> Reply | None:
+    """InvokeModel's answer for retired, no-access and disabled models (one rule for all)."""
+    if ids & knobs["retired_models"]:
+        code = "ResourceNotFoundException"  # EOL, Part B section 4
+    elif ids & knobs["no_access_models"]:
+        code = "AccessDeniedException"
+    elif ids & knobs["disabled_models"]:
+        code = knobs["disabled_error"]
+    else:
+        return None
+    return bedrock_error(code, REFUSAL_MESSAGES[code])
 
 
 def _images_reply(state: StandinState, spec: ModelSpec, request: TextImageRequest,
                   kind: str) -> Reply:
     """Build {"images": [...], "error": null} from spliced base64 pieces."""
-    texts = [(MODERATION_KEYWORD, label.strip()) for label in FLAG_RE.findall(request.text)]
+    texts = _flag_texts(request.text)
     pieces = [b'{"images": [']
     for index in range(request.count):
         material = "\0".join((spec.model_id, request.text, request.negative_text,
@@ -1044,6 +1295,241 @@ def _images_reply(state: StandinState, spec: ModelSpec, request: TextImageReques
     headers = {"Content-Type": "application/json", "x-amzn-RequestId": _request_id()}
     return Reply(200, headers, pieces, images=request.count)
 
+
+def _flag_texts(prompt: str) -> list[tuple[str, str]]:
+    """tEXt entries for the [[flag:<label>]] markers Rekognition will report."""
+    return [(MODERATION_KEYWORD, label.strip()) for label in FLAG_RE.findall(prompt)]
+
+
+# --------------------------------------------------------------------------------------
+# InvokeModel: Stability text-to-image (Part B 1.2-1.6)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StabilityRequest:
+    """The validated parts of a Stability body that shape the output."""
+
+    prompt: str
+    negative_prompt: str
+    mode: str
+    seed: int  # 0 = random
+    output_format: str
+    width: int
+    height: int
+
+
+def parse_stability(spec: StabilitySpec, body: bytes) -> StabilityRequest:
+    """Validate a Stability body against the documented fields; raise InvalidRequest."""
+    doc = _load_object(body)
+    _object(doc, "#", spec.keys)
+    prompt = _string(_required(doc, "prompt", "#"), "#/prompt", 0, PROMPT_MAX)
+    if not prompt.strip():
+        # Documented min is 0 (1.2-1.4); refusing a blank prompt is the stand-in's choice.
+        raise InvalidRequest.at("#/prompt", "prompt must not be blank")
+    mode = _enum(_optional(doc, "mode", TEXT_TO_IMAGE), "#/mode", spec.modes)
+    negative = _string(_optional(doc, "negative_prompt", ""), "#/negative_prompt", 0, PROMPT_MAX)
+    seed = _number(_optional(doc, "seed", 0), "#/seed", 0, spec.seed_max, integer=True)
+    output_format = _enum(_optional(doc, "output_format", "png"), "#/output_format", spec.formats)
+    if mode == IMAGE_TO_IMAGE:
+        width, height = _image_to_image_size(spec, doc)
+    else:
+        _refuse_keys(doc, ("image", "strength"), mode)
+        ratio = _enum(_optional(doc, "aspect_ratio", "1:1"), "#/aspect_ratio", ASPECT_RATIOS)
+        width, height = spec.sizes[ratio]
+    return StabilityRequest(prompt, negative, mode, seed, output_format, width, height)
+
+
+def _refuse_keys(doc: dict, keys: tuple[str, ...], mode: str) -> None:
+    """Reject keys that belong to the other mode.
+
+    SD3.5 documents image/strength for image-to-image and aspect_ratio for text-to-image only
+    (1.2); refusing instead of inferring the mode (AWS's own example omits it) is a stand-in
+    choice so that callers always send ``mode`` explicitly, as the reference advises.
+    """
+    for key in keys:
+        if key in doc:
+            raise InvalidRequest.at("#", f"key [{key}] is not permitted in {mode} mode")
+
+
+def _image_to_image_size(spec: StabilitySpec, doc: dict) -> tuple[int, int]:
+    """Validate image + strength; the output takes the table size nearest the input's shape."""
+    _refuse_keys(doc, ("aspect_ratio",), IMAGE_TO_IMAGE)
+    _number(_required(doc, "strength", "#"), "#/strength", 0.0, 1.0)
+    encoded = _string(_required(doc, "image", "#"), "#/image", 1)
+    try:
+        size = input_image_size(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ValueError):
+        size = None
+    if size is None:
+        raise InvalidRequest.at("#/image", "image must be a base64-encoded JPEG, PNG or WebP")
+    if min(size) < MIN_INPUT_SIDE:
+        raise InvalidRequest.at("#/image", f"every side must be at least {MIN_INPUT_SIDE} pixels")
+    # Stand-in choice: AWS does not say how image-to-image output is sized.
+    shape = size[0] / size[1]
+    return min(spec.sizes.values(), key=lambda wh: abs(wh[0] / wh[1] - shape))
+
+
+def input_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG, JPEG or WebP; None if it is none of them."""
+    info = inspect_image(data)
+    if info is not None and info.width and info.height:
+        return info.width, info.height
+    return _webp_size(data)
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Read a RIFF WebP's size from its VP8, VP8L or VP8X header."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8X":
+        return (int.from_bytes(data[24:27], "little") + 1,
+                int.from_bytes(data[27:30], "little") + 1)
+    if kind == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 ":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+def _invoke_stability(state: StandinState, knobs: dict, spec: StabilitySpec,
+                      body: bytes) -> Reply:
+    """Validation, then a finish reason from the markers, or one image (1.5, 1.6)."""
+    try:
+        request = parse_stability(spec, body)
+    except InvalidRequest as exc:
+        return bedrock_error("ValidationException", str(exc))
+    if MARK_BLOCKED in request.prompt:
+        return _finish_reply(FILTER_PROMPT)
+    time.sleep(state.latency(knobs["latency"], knobs["latency_jitter"]))
+    if MARK_INFERENCE_ERROR in request.prompt:
+        return _finish_reply(INFERENCE_ERROR)
+    if MARK_BLOCKED_OUTPUT in request.prompt:
+        return _finish_reply(FILTER_OUTPUT)
+    seed = request.seed or state.random_seed(spec.seed_max)  # 0 or absent = random (1.2)
+    return _stability_image_reply(state, spec, request, seed, knobs["png_kind"])
+
+
+def _finish_reply(reason: str) -> Reply:
+    """A filtered or failed call: HTTP 200 with only finish_reasons.
+
+    Part B 1.6: a non-null finish reason "will look like" {"finish_reasons": [...]}, and the
+    filter response has no seeds (epam PR #301); the 200 status is implied, not stated.
+    """
+    reply = json_reply(200, {"finish_reasons": [reason]})
+    reply.finish_reason = reason
+    reply.blocked_output = reason == FILTER_OUTPUT
+    return reply
+
+
+def _stability_image_reply(state: StandinState, spec: StabilitySpec, request: StabilityRequest,
+                           seed: int, kind: str) -> Reply:
+    """{"seeds": [seed], "finish_reasons": [null], "images": [one image]} (1.5: one per call)."""
+    material = "\0".join((spec.model_id, request.prompt, request.negative_prompt, str(seed),
+                          request.output_format)).encode()
+    texts = _flag_texts(request.prompt)
+    if request.output_format == "png":
+        image_b64 = state.pngs.render_b64(request.width, request.height, kind, material, texts)
+    else:
+        image_b64 = [base64.b64encode(pillow_image(request.width, request.height,
+                                                   request.output_format, kind, material,
+                                                   [label for _, label in texts]))]
+    head = f'{{"seeds": [{seed}], "finish_reasons": [null], "images": ["'.encode()
+    headers = {"Content-Type": "application/json", "x-amzn-RequestId": _request_id()}
+    return Reply(200, headers, [head, *image_b64, b'"]}'], images=1)
+
+
+def pillow_image(width: int, height: int, fmt: str, kind: str, material: bytes,
+                 labels: list[str]) -> bytes:
+    """Encode a JPEG or WebP answer: the cached base plus the seed band, via Pillow."""
+    from PIL import Image  # lazy: only jpeg/webp answers need Pillow
+
+    image = _pillow_base(width, height, kind).copy()
+    band = PngFactory._band_pixels(width, kind, material)
+    image.paste(Image.frombytes("RGB", (width, BAND_ROWS), band), (0, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG" if fmt == "jpeg" else "WEBP", quality=85)
+    data = out.getvalue()
+    if fmt == "jpeg" and labels:
+        # COM segments right after SOI carry [[flag:...]] labels to the Rekognition stand-in.
+        comments = b"".join(_jpeg_comment(f"{MODERATION_KEYWORD}:{label}") for label in labels)
+        data = data[:2] + comments + data[2:]
+    return data
+
+
+def _jpeg_comment(text: str) -> bytes:
+    """A JPEG COM segment."""
+    payload = text.encode("latin-1", "replace")
+    return b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload
+
+
+@functools.lru_cache(maxsize=32)
+def _pillow_base(width: int, height: int, kind: str) -> Any:
+    """The per-size picture every JPEG/WebP answer starts from (built once)."""
+    from PIL import Image  # lazy: only jpeg/webp answers need Pillow
+
+    if kind == "flat":
+        return Image.new("RGB", (width, height), (FLAT_GREY,) * 3)
+    noise = random.Random(f"{width}x{height}").randbytes(width * height * 3)
+    return Image.frombytes("RGB", (width, height), noise.translate(NOISE_TABLE))
+
+
+# --------------------------------------------------------------------------------------
+# GetFoundationModel (Part B 3.1)
+# --------------------------------------------------------------------------------------
+
+
+def handle_get_foundation_model(state: StandinState, raw_id: str, headers: Any) -> Reply:
+    """Serve GET /foundation-models/<id> and count it."""
+    identifier = unquote(raw_id)  # botocore percent-encodes ':' and '/' in the URI label
+    reply = _foundation_model(state.snapshot(), identifier, scope_region(headers))
+    state.count_control_plane(identifier, reply)
+    return reply
+
+
+def _foundation_model(knobs: dict, identifier: str, region: str | None) -> Reply:
+    """Injected error, identifier pattern, lifecycle and region, then the details."""
+    if knobs["control_plane_error"]:
+        code = knobs["control_plane_error"]
+        return bedrock_error(code, CONTROL_PLANE_ERRORS[code])
+    if not MODEL_IDENTIFIER_RE.fullmatch(identifier):
+        # ValidationException is modelled (Part B 3.1); this text mirrors InvokeModel's regex
+        # failure (section 4) and is the stand-in's choice.
+        return bedrock_error("ValidationException", (
+            f"1 validation error detected: Value '{identifier}' at 'modelIdentifier' failed to "
+            f"satisfy constraint: Member must satisfy regular expression pattern: "
+            f"{MODEL_IDENTIFIER_PATTERN}"))
+    known = canonical_model(identifier)
+    offered = known is not None and _offered(known, region)
+    if (offered or known is None) and {identifier, known} & knobs["retired_models"]:
+        return bedrock_error("ResourceNotFoundException", EOL_CONTROL_MESSAGE)
+    if not offered:
+        # Never-existing / not-in-region text is UNCONFIRMED (Part B 3.1, 6.8): stand-in choice.
+        return bedrock_error("ResourceNotFoundException", UNKNOWN_MODEL_MESSAGE)
+    return json_reply(200, {"modelDetails": model_details(knobs, known, region)})
+
+
+def model_details(knobs: dict, model_id: str, region: str | None) -> dict[str, Any]:
+    """FoundationModelDetails; image models omit responseStreamingSupported (3.1 sample)."""
+    entry = CATALOG[model_id]
+    dates = knobs["legacy_models"].get(model_id)
+    # Timestamps are iso8601 strings (botocore Timestamp shape); ACTIVE models carry only the
+    # status because no launch date is documented for them.
+    lifecycle = {"status": "LEGACY", **dates} if dates else {"status": "ACTIVE"}
+    return {
+        "modelArn": f"arn:aws:bedrock:{region or entry.regions[0]}::foundation-model/{model_id}",
+        "modelId": model_id,
+        "modelName": entry.name,
+        "providerName": entry.provider,
+        "inputModalities": list(entry.inputs),
+        "outputModalities": ["IMAGE"],
+        "customizationsSupported": [],
+        "inferenceTypesSupported": ["ON_DEMAND"],
+        "modelLifecycle": lifecycle,
+    }
 
 # --------------------------------------------------------------------------------------
 # DetectModerationLabels
@@ -1151,6 +1637,7 @@ def _image_problem(info: ImageInfo | None) -> Reply | None:
 # --------------------------------------------------------------------------------------
 
 INVOKE_PATH_RE = re.compile(r"^/model/([^/]+)/invoke$")
+FOUNDATION_PATH_RE = re.compile(r"^/foundation-models/([^/]+)$")
 CONTROL_PREFIX = "/_standin/"
 
 
@@ -1167,8 +1654,11 @@ def route_post(state: StandinState, path: str, headers: Any, body: bytes) -> Rep
     return _not_found(path)
 
 
-def route_get(state: StandinState, path: str) -> Reply:
-    """Dispatch a GET to the control API."""
+def route_get(state: StandinState, path: str, headers: Any) -> Reply:
+    """Dispatch a GET to GetFoundationModel or the control API."""
+    match = FOUNDATION_PATH_RE.match(path)
+    if match:
+        return handle_get_foundation_model(state, match.group(1), headers)
     name = path[len(CONTROL_PREFIX):] if path.startswith(CONTROL_PREFIX) else None
     if name == "stats":
         return json_reply(200, state.stats())
@@ -1215,8 +1705,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(lambda path: route_post(self.server.state, path, self.headers, body))
 
     def do_GET(self) -> None:
-        """Control API reads."""
-        self._dispatch(lambda path: route_get(self.server.state, path))
+        """GetFoundationModel and control API reads."""
+        self._dispatch(lambda path: route_get(self.server.state, path, self.headers))
 
     def _dispatch(self, route: Callable[[str], Reply]) -> None:
         """Run a route, turning stand-in bugs into a visible 500."""
