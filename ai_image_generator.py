@@ -12,7 +12,6 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from generation.errors import InvalidRequest, ServiceError
-from generation.model_registry import PROFILES
 from keyadmin.cli import keys as keys_cli
 from services import Services, build_services
 from settings import Settings
@@ -23,6 +22,7 @@ from web.idempotency import Replay, fingerprint
 from web.logging_setup import install_logging
 from web.manifest import render_manifest
 from web.metrics import install_metrics
+from web.model_catalog import add_sunset_headers, choose_profile, lifecycle_json, models_document, profile_of
 from web.openapi import openapi_document
 from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/generate_images", "generate_images", generate_images, methods=["POST"])
     app.add_url_rule("/images/<path:key>", "image", image)
     app.add_url_rule("/openapi.json", "openapi", openapi)
+    app.add_url_rule("/models", "models", models)
     return app
 
 
@@ -144,7 +145,9 @@ def readyz():
         state["ready"] = (time.monotonic(), failure)
     if failure:
         return problem(503, "Not ready", failure, "not_ready")
-    return json_response({"status": "ready", "model_id": _settings().model_id})
+    chain = _services().models
+    lifecycles = {m: lifecycle_json(chain.lifecycle(m), profile_of(chain, m)) for m in chain.offered()}
+    return json_response({"status": "ready", "model_id": chain.default_id, "models": lifecycles})
 
 
 def _read_json_body():
@@ -161,12 +164,12 @@ def generate_images():
     """Generate, screen and store the images; answer the manifest (or replay the first answer)."""
     settings = _settings()
     body = _read_json_body()
-    generation = parse_generation_request(body, PROFILES[settings.model_id],
-                                          default_quality=settings.default_quality,
-                                          root_prefix=_services().store.key_prefix)
+    profile, named = choose_profile(body, _services().models)
+    generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
+                                          root_prefix=_services().store.key_prefix, named=named)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
-        return json_response(_run(generation))
+        return _answer(_run(generation))
     keys = _services().idempotency
     claim = keys.begin(idempotency_key, g.get("api_key_name", ""), fingerprint(body), g.request_id)
     if isinstance(claim, Replay):
@@ -184,7 +187,16 @@ def generate_images():
         keys.finish(claim, 500, {})
         raise
     keys.finish(claim, 200, manifest)
-    return json_response(manifest)
+    return _answer(manifest)
+
+
+def _answer(manifest: dict) -> Response:
+    """The manifest's 200, with Deprecation and Sunset when a LEGACY model made an image."""
+    response = json_response(manifest)
+    result = g.get("generation")
+    if result is not None:
+        add_sunset_headers(response, result, _services().models)
+    return response
 
 
 def _run(generation) -> dict:
@@ -197,9 +209,15 @@ def _run(generation) -> dict:
 
 
 def openapi():
-    """The OpenAPI 3.1 document, with the limits of the model this service runs."""
-    settings = _settings()
-    return json_response(openapi_document(PROFILES[settings.model_id], api_keys=bool(settings.api_keys_file)))
+    """The OpenAPI 3.1 document, with the limits of every model this service offers."""
+    chain = _services().models
+    profiles = [profile_of(chain, m) for m in chain.offered()]
+    return json_response(openapi_document(profiles, api_keys=bool(_settings().api_keys_file)))
+
+
+def models():
+    """The offered models: limits, tasks, price, lifecycle, and whether each can be used now."""
+    return json_response(models_document(_services().models))
 
 
 def image(key: str):

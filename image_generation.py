@@ -13,13 +13,23 @@ from concurrent.futures import Executor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from generation.errors import DeadlineExceeded, KeyExists, ModelFailed, ServiceError, StoreFailed
+from generation.errors import (
+    DeadlineExceeded,
+    KeyExists,
+    ModelFailed,
+    ModelUnavailable,
+    ServiceError,
+    StoreFailed,
+)
+from generation.model_chain import ModelChain
+from generation.model_registry import ModelProfile
 from generation.png import blur_png, png_size
 from generation.processing_gate import ProcessingGate
 from generation.request_records import RequestRecords
 
 log = logging.getLogger("ai_image_generator.pipeline")
-MAX_SEED = 2_147_483_646
+# Random seeds fit every model's range (Amazon's ends here; Stability's starts at 1, where 0 means "random").
+MIN_SEED, MAX_SEED = 1, 2_147_483_646
 # A key can collide with one another request (or host) took at the same microsecond; a few new
 # names always suffice in practice, and a bound keeps a broken store from looping.
 MAX_KEY_ATTEMPTS = 5
@@ -39,8 +49,11 @@ class GenerationRequest:
     width: int = 1024
     height: int = 1024
     quality: str = "premium"
-    cfg_scale: float = 8.0
-    seed: int | None = None
+    cfg_scale: float | None = None  # None: each model's own default
+    seed: int | None = None  # image i gets seed + i
+    model_id: str | None = None  # the model the caller named; None: the default and its fallbacks
+    aspect_ratio: str | None = None  # asked directly (ratio models); else taken from width x height
+    seed_range: tuple[int, int] = (0, MAX_SEED)  # the checked model's seeds; seed + i wraps within it
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,10 @@ class ImageSpec:
     negative_prompt: str | None
     width: int
     height: int
-    quality: str
-    cfg_scale: float
+    quality: str | None
+    cfg_scale: float | None
     seed: int
+    aspect_ratio: str | None = None  # set for models that take a ratio; the size then comes from the PNG
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ class ImageModel(Protocol):
 
     model_id: str
     placeholder: bool
+    profile: ModelProfile | None  # None: takes every spec as asked (test fakes)
 
     def start(self, spec: ImageSpec, deadline: float) -> Callable[[], bytes]:
         """Wait for the model's answer without reading it; the returned call reads it as PNG bytes.
@@ -140,6 +155,8 @@ class ImageResult:
     moderation: Screening | None = None
     error: ServiceError | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    model_id: str | None = None  # the model that made (or last tried) the image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (model id, why) passed over before it
 
 
 @dataclass(frozen=True)
@@ -202,9 +219,9 @@ class PipelineConfig:
 class Pipeline:
     """Generates, screens and stores the images of one request, on one shared bounded executor."""
 
-    def __init__(self, model: ImageModel, store: ImageStore, screener: Screener, executor: Executor,
+    def __init__(self, model: ImageModel | ModelChain, store: ImageStore, screener: Screener, executor: Executor,
                  config: PipelineConfig = PipelineConfig()):
-        self.model = model
+        self.models = model if isinstance(model, ModelChain) else ModelChain([model])
         self.store = store
         self.screener = screener
         self.executor = executor
@@ -214,12 +231,13 @@ class Pipeline:
         self.gate = ProcessingGate(config.processing_slots)
 
     def plan_seeds(self, request: GenerationRequest) -> list[int]:
-        """The caller's seed for every image, else a distinct random seed each."""
+        """The caller's seed + i for image i (as image tools number them), else a distinct random seed each."""
         if request.seed is not None:
-            return [request.seed] * request.count
+            low, high = request.seed_range
+            return [low + (request.seed - low + i) % (high - low + 1) for i in range(request.count)]
         seeds: set[int] = set()
         while len(seeds) < request.count:
-            seeds.add(secrets.randbelow(MAX_SEED + 1))
+            seeds.add(MIN_SEED + secrets.randbelow(MAX_SEED - MIN_SEED + 1))
         return list(seeds)
 
     def new_key(self, request: GenerationRequest) -> str:
@@ -231,10 +249,11 @@ class Pipeline:
         deadline = time.monotonic() + self.config.deadline_seconds
         results = [ImageResult(i, seed, request.width, request.height)
                    for i, seed in enumerate(self.plan_seeds(request))]
+        asked_model = request.model_id or self.models.default_id
         # The started record goes in before any paid call: if the store cannot take it, stop here.
-        record_key = self.records.begin(request, request_id, self.model.model_id)
+        record_key = self.records.begin(request, request_id, asked_model)
         tracker = _Completion(len(results), lambda outcome: self.records.finish(
-            record_key, request_id, self.model.model_id, request, results, outcome))
+            record_key, request_id, asked_model, request, results, outcome))
         # Each task runs in a copy of this thread's context, so log lines from the pool's threads
         # still carry the request id.
         futures = [self.executor.submit(contextvars.copy_context().run, self._make_image, request, request_id,
@@ -251,9 +270,10 @@ class Pipeline:
                 images=stored, record=record_key + ".json")
         outcome = "complete" if all(r.key for r in results) else "partial" if any(r.key for r in results) \
             else "failed"
-        self.records.finish(record_key, request_id, self.model.model_id, request, results, outcome)
-        result = GenerationResult(request_id, self.model.model_id, record_key + ".json", tuple(results),
-                                  self.model.placeholder)
+        self.records.finish(record_key, request_id, asked_model, request, results, outcome)
+        made_by = next((r.model_id for r in results if r.key), asked_model)
+        result = GenerationResult(request_id, made_by, record_key + ".json", tuple(results),
+                                  self.models.models[made_by].placeholder)
         if not result.stored:
             cause = _main_cause([r.error for r in result.failed])
             cause.result = result
@@ -275,27 +295,50 @@ class Pipeline:
             if time.monotonic() >= deadline:
                 # Queued past the deadline: the caller has had its 504; do not pay for this image.
                 raise DeadlineExceeded("the request's deadline passed before this image started")
-            spec = ImageSpec(request.prompt, request.negative_prompt, request.width, request.height,
-                             request.quality, request.cfg_scale, result.seed)
-            read_answer = self._timed(result, "model", self.model.start, spec, deadline)
+            spec, read_answer = self._start_with_fallback(request, result, deadline)
             # Past this point the image is paid for: it is finished even if the deadline passes.
             with self.gate.slot(deadline):
-                self._finish_image(request, request_id, result, read_answer)
+                self._finish_image(request, request_id, result, spec, read_answer)
         except ServiceError as error:
             result.error = error
         except Exception as error:  # noqa: BLE001 - one image's bug must not sink its siblings
             log.exception("request %s: image %d failed unexpectedly", request_id, result.index)
             result.error = ModelFailed(f"unexpected failure: {type(error).__name__}")
 
-    def _finish_image(self, request: GenerationRequest, request_id: str, result: ImageResult,
+    def _start_with_fallback(self, request: GenerationRequest, result: ImageResult, deadline: float):
+        """Start the image on the first model of its chain that can take it; (spec, reader).
+
+        A model Bedrock refuses as retired, unknown or not granted is remembered and passed over for a
+        while; any other failure (content filter, throttling, a time-out) is the image's own and ends it.
+        """
+        chain = self.models.chain(request.model_id)
+        for model in chain:
+            result.model_id = model.model_id
+            reason = self.models.unusable(model.model_id) or unfit_reason(model.profile, request)
+            if reason is None:
+                spec = spec_for(model.profile, request, result.seed)
+                try:
+                    return spec, self._timed(result, "model", model.start, spec, deadline)
+                except ModelUnavailable as error:
+                    self.models.skip(model.model_id, error.detail)
+                    reason = error.detail
+            result.skipped.append((model.model_id, reason))
+        if len(chain) == 1:
+            raise ModelUnavailable(reason)
+        tried = "; ".join(f"{model_id}: {why}" for model_id, why in result.skipped)
+        raise ModelUnavailable(f"no model of the chain could make the image ({tried})")
+
+    def _finish_image(self, request: GenerationRequest, request_id: str, result: ImageResult, spec: ImageSpec,
                       read_answer: Callable[[], bytes]) -> None:
         """Read, check, screen and store one answer (inside a processing slot)."""
         png = self._timed(result, "model", read_answer)  # reading the answer is the model's time too
-        if png_size(png) != (request.width, request.height):
-            raise ModelFailed(f"the model returned an image of {png_size(png)} instead of "
-                              f"{request.width}x{request.height}")
+        size = png_size(png)
+        if spec.aspect_ratio is None and size != (spec.width, spec.height):
+            raise ModelFailed(f"the model returned an image of {size} instead of {spec.width}x{spec.height}")
+        # A ratio model picks the pixel size itself (AWS does not document it): the PNG says what it made.
+        result.width, result.height = size
         result.moderation = self._timed(result, "screening", self.screener.screen, png)
-        metadata = {"request-id": request_id, "seed": str(result.seed), "model-id": self.model.model_id}
+        metadata = {"request-id": request_id, "seed": str(result.seed), "model-id": result.model_id}
         if result.moderation.verdict == "flagged":
             png = self._quarantine(request, png, metadata, result)
         result.key = self._timed(result, "store", self._store_new, request, png, metadata)
@@ -331,6 +374,30 @@ class Pipeline:
             return fn(*args)
         finally:
             result.timings[stage] = result.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def unfit_reason(profile: ModelProfile | None, request: GenerationRequest) -> str | None:
+    """Why a fallback model cannot take a request checked against another model's limits, else None."""
+    if profile is not None and len(request.prompt) > profile.max_text:
+        return f"the prompt is longer than its {profile.max_text} characters"
+    return None
+
+
+def spec_for(profile: ModelProfile | None, request: GenerationRequest, seed: int) -> ImageSpec:
+    """One model call for `request`, in the terms the model takes: its size or ratio, its knobs only."""
+    width, height, ratio = request.width, request.height, None
+    if profile is not None and profile.aspect_ratios:
+        ratio = request.aspect_ratio or profile.ratio_for(width, height)
+    elif profile is not None and (width, height) not in profile.sizes:
+        # A fallback from a ratio model, or a size this model lacks: its nearest size in shape.
+        shape = request.aspect_ratio.split(":") if request.aspect_ratio else (width, height)
+        width, height = profile.fits_size(int(shape[0]), int(shape[1]))
+    takes = profile is None or profile.cfg_scale is not None
+    cfg = (request.cfg_scale if request.cfg_scale is not None else
+           profile.default_cfg_scale if profile is not None else None) if takes else None
+    quality = request.quality if profile is None or profile.quality else None
+    negative = request.negative_prompt if profile is None or profile.negative_prompt else None
+    return ImageSpec(request.prompt, negative, width, height, quality, cfg, seed, ratio)
 
 
 class _Completion:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from generation.model_chain import ModelChain
 from image_generation import ImageModel, ImageStore, Pipeline, PipelineConfig, Screener, ScreeningOff
 from settings import Settings
 from web.idempotency import IdempotencyKeys
@@ -19,15 +20,36 @@ class Services:
     screener: Screener
     pipeline: Pipeline
     idempotency: IdempotencyKeys
+    models: ModelChain | None = None
+    lifecycle: object | None = None  # the LifecycleWatcher, when Bedrock's control plane is asked
+
+    def __post_init__(self):
+        if self.models is None:
+            self.models = self.pipeline.models
 
 
-def build_model(settings: Settings) -> ImageModel:
-    """The image model the settings name."""
+def build_models(settings: Settings) -> ModelChain:
+    """Every model a request may use, the default first, with the fallback chain the settings name."""
     if settings.model == "bedrock":
         from backends.bedrock_model import BedrockModel
-        return BedrockModel.from_settings(settings)
+        models = [BedrockModel.from_settings(settings, model_id) for model_id in settings.offered_model_ids]
+        return ModelChain(models, settings.bedrock_fallback_model_ids, skip_seconds=settings.bedrock_skip_seconds)
     from backends.placeholder_model import PlaceholderModel
-    return PlaceholderModel(settings.placeholder_latency_seconds)
+    return ModelChain([PlaceholderModel(settings.placeholder_latency_seconds)])
+
+
+def build_lifecycle_watcher(settings: Settings, models: ModelChain):
+    """The GetFoundationModel watcher for the offered Bedrock models, started; None offline or when off."""
+    if settings.model != "bedrock" or not settings.bedrock_lifecycle_check_seconds:
+        return None
+    from backends.aws_clients import bedrock_control_client, session
+    from backends.bedrock_lifecycle import LifecycleWatcher
+    from generation.model_registry import call_region
+
+    regions = {m: call_region(m, session().region_name, settings.bedrock_region) for m in models.offered()}
+    clients = {region: bedrock_control_client(region) for region in set(regions.values())}
+    return LifecycleWatcher(models, clients.__getitem__, regions,
+                            settings.bedrock_lifecycle_check_seconds).start()
 
 
 def build_store(settings: Settings) -> ImageStore:
@@ -47,9 +69,12 @@ def build_screener(settings: Settings) -> Screener:
     return ScreeningOff()
 
 
-def build_services(settings: Settings) -> Services:
-    """Build the three adapters and the pipeline on ONE bounded executor for this process."""
-    model, store, screener = build_model(settings), build_store(settings), build_screener(settings)
+def build_services(settings: Settings, *, models: ModelChain | None = None, store: ImageStore | None = None,
+                   screener: Screener | None = None) -> Services:
+    """Build the adapters (unless given: tests pass fakes) and the pipeline on ONE bounded executor."""
+    models = models or build_models(settings)
+    store = store or build_store(settings)
+    screener = screener or build_screener(settings)
     # Threads start lazily on first use, so building this before gunicorn forks would still be safe;
     # it is built per worker anyway because create_app() runs in each worker.
     executor = ThreadPoolExecutor(max_workers=settings.model_concurrency, thread_name_prefix="image")
@@ -59,4 +84,7 @@ def build_services(settings: Settings) -> Services:
                             processing_slots=settings.processing_slots)
     # A claim unanswered for twice the deadline (plus a margin) was left by a process that died.
     idempotency = IdempotencyKeys(store, stale_after_seconds=2 * settings.request_deadline_seconds + 30)
-    return Services(model, store, screener, Pipeline(model, store, screener, executor, config), idempotency)
+    pipeline = Pipeline(models, store, screener, executor, config)
+    return Services(models.models[models.default_id], store, screener, pipeline, idempotency, models,
+                    build_lifecycle_watcher(settings, models) if models.default_id in settings.offered_model_ids
+                    else None)

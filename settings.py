@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from limits import parse_many
 
-from generation.model_registry import PLACEHOLDER_MODEL_ID, PROFILES
+from generation.model_registry import BEDROCK_PROFILES, PLACEHOLDER_MODEL_ID, profile_for
 
 PREFIX = "AIG_"
 
@@ -86,7 +86,23 @@ class Settings:
     model: str = _setting("placeholder", _choice("MODEL", ("placeholder", "bedrock")),
                           "Image model: `placeholder` (offline pictures) or `bedrock`.")
     bedrock_model_id: str = _setting("amazon.titan-image-generator-v2:0", _text,
-                                     "Bedrock model: `amazon.titan-image-generator-v2:0` or `amazon.nova-canvas-v1:0`.")
+                                     "Bedrock model used when a request names none (see the models table).")
+    bedrock_fallback_model_ids: tuple[str, ...] = _setting(
+        ("amazon.nova-canvas-v1:0", "stability.stable-image-core-v1:1"), _csv,
+        "Models tried in order when Bedrock refuses the default as retired, unknown or not granted "
+        "(only for requests that name no model); empty: no fallback.")
+    bedrock_model_ids: tuple[str, ...] = _setting(
+        tuple(p.model_id for p in BEDROCK_PROFILES), _csv,
+        "Models a request may name in `model` (the default and fallbacks are always offered).")
+    bedrock_region: str = _setting("", _text,
+                                   "Region for every Bedrock call; empty: each model in a region that has it "
+                                   "(AWS_REGION when the model is there, else the model's own).")
+    bedrock_lifecycle_check_seconds: int = _setting(
+        21600, _number("BEDROCK_LIFECYCLE_CHECK_SECONDS", int, 0, 7 * 86400),
+        "How often GetFoundationModel is asked about each offered model (also at start-up); 0: never.")
+    bedrock_skip_seconds: int = _setting(
+        600, _number("BEDROCK_SKIP_SECONDS", int, 0, 86400),
+        "How long a model Bedrock refused (retired, unknown, not granted) is skipped without a call.")
     store: str = _setting("filesystem", _choice("STORE", ("filesystem", "s3")),
                           "Where images go: `filesystem` (under AIG_DATA_DIR) or `s3`.")
     data_dir: str = _setting("var/images", _text,
@@ -156,10 +172,16 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations the service cannot run with."""
-        if self.model == "bedrock" and self.bedrock_model_id not in PROFILES:
-            known = ", ".join(m for m in PROFILES if m != PLACEHOLDER_MODEL_ID)
-            raise SettingsError(
-                f"{PREFIX}BEDROCK_MODEL_ID {self.bedrock_model_id!r} is not supported; use one of {known}")
+        if self.model == "bedrock":
+            known = ", ".join(p.model_id for p in BEDROCK_PROFILES)
+            for name, ids in (("BEDROCK_MODEL_ID", (self.bedrock_model_id,)),
+                              ("BEDROCK_FALLBACK_MODEL_IDS", self.bedrock_fallback_model_ids),
+                              ("BEDROCK_MODEL_IDS", self.bedrock_model_ids)):
+                for model_id in ids:
+                    profile = profile_for(model_id)
+                    if profile is None or profile.model_id == PLACEHOLDER_MODEL_ID:
+                        raise SettingsError(f"{PREFIX}{name}: {model_id!r} is not a supported model; use one of "
+                                            f"{known} (or a us./eu. cross-region id of one)")
         if self.store == "s3" and not self.s3_bucket:
             raise SettingsError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORE=s3")
         if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
@@ -175,6 +197,14 @@ class Settings:
         return self.bedrock_model_id if self.model == "bedrock" else PLACEHOLDER_MODEL_ID
 
     @property
+    def offered_model_ids(self) -> tuple[str, ...]:
+        """The models a request may name: the default first, then the fallbacks, then the allow-list."""
+        if self.model != "bedrock":
+            return (PLACEHOLDER_MODEL_ID,)
+        ids = (self.bedrock_model_id, *self.bedrock_fallback_model_ids, *self.bedrock_model_ids)
+        return tuple(dict.fromkeys(ids))
+
+    @property
     def offline(self) -> bool:
         """True when the pictures are placeholders."""
         return self.model == "placeholder"
@@ -184,5 +214,14 @@ def settings_table() -> str:
     """The README's configuration table, made from the fields themselves."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
-        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{f.default}` | {f.metadata['doc']} |")
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | {_shown(f.default)} | {f.metadata['doc']} |")
     return "\n".join(rows)
+
+
+def _shown(default) -> str:
+    """A default as the operator would write it in the environment."""
+    if isinstance(default, bool):
+        return "`1`" if default else "`0`"
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    return f"`{default}`" if default != "" else "(empty)"

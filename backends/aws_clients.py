@@ -17,6 +17,8 @@ READ_TIMEOUT_SECONDS = 20
 # S3 and Rekognition calls are not billed per image generated, so botocore's standard retries
 # (throttling, 5xx, dropped connections) are safe there; a few attempts keep a request inside its deadline.
 S3_MAX_ATTEMPTS = 3
+# GetFoundationModel is a small read that only informs; a slow answer must not hold start-up.
+CONTROL_READ_TIMEOUT_SECONDS = 10
 REKOGNITION_MAX_ATTEMPTS = 3
 
 _lock = threading.Lock()
@@ -46,15 +48,18 @@ def reset_session() -> None:
         _session = None
 
 
-def _client(service: str, config: Config):
+def _client(service: str, config: Config, region: str | None = None):
     # Sessions are not thread-safe: clients are made under the lock, never from request threads at once.
     current = session()
     with _lock:
-        return current.client(service, config=config)
+        return current.client(service, config=config, region_name=region or current.region_name)
 
 
-def bedrock_runtime_client(settings: Settings):
-    """Bedrock Runtime client: long read time-out, ONE attempt (a re-sent generation is billed again)."""
+def bedrock_runtime_client(settings: Settings, region: str | None = None):
+    """Bedrock Runtime client in `region` (default: the session's): long read time-out, ONE attempt.
+
+    A re-sent generation is billed again, so botocore never re-sends one.
+    """
     return _client("bedrock-runtime", Config(
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=settings.bedrock_read_timeout_seconds,
@@ -62,7 +67,16 @@ def bedrock_runtime_client(settings: Settings):
         # inside the request's deadline.
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=settings.model_concurrency,
-    ))
+    ), region)
+
+
+def bedrock_control_client(region: str | None = None):
+    """Bedrock control-plane client (GetFoundationModel) in `region`: short time-outs, botocore's retries."""
+    return _client("bedrock", Config(
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=CONTROL_READ_TIMEOUT_SECONDS,
+        retries={"mode": "standard", "total_max_attempts": 2},
+    ), region)
 
 
 def s3_client(settings: Settings):

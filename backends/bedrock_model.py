@@ -1,4 +1,4 @@
-"""The Bedrock image model: one InvokeModel per image (Titan Image Generator v2 or Nova Canvas)."""
+"""The Bedrock image models: one InvokeModel per image, with the body and answer of the model's family."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from generation.errors import (
     ModelTimeout,
     ModelUnavailable,
 )
-from generation.model_registry import NOVA_CANVAS, TITAN_V2
+from generation.model_registry import TITAN_V2, ModelProfile, profile_for
 from image_generation import ImageSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 THROTTLED = {"ThrottlingException", "ServiceQuotaExceededException", "ModelNotReadyException"}
 UNAVAILABLE = {"AccessDeniedException", "ResourceNotFoundException"}
 FILTER_MARKERS = ("blocked by our content filters", "AUP or AWS Responsible AI")
+# Stability answers a filtered call inside a 200: finish_reasons names why (wave2-reference.md B 1.6).
+STABILITY_FILTER_PREFIX = "Filter reason"
 # How Bedrock words a retired or unknown model when it does not answer 403/404.
 LIFECYCLE_MARKERS = ("end of life", "end of its life", "legacy", "model identifier is invalid")
 # Back-off between throttled attempts: doubling from BASE, capped, half of it jittered.
@@ -38,7 +40,8 @@ BACKOFF_CAP_SECONDS = 8.0
 CHECK_TIMEOUT_SECONDS = 2.0
 # Where Bedrock's schema errors point (`#/textToImageParams/text`) -> the request field to name.
 POINTER_FIELDS = {"text": "prompt", "negativeText": "negative_prompt", "width": "width", "height": "height",
-                  "seed": "seed", "cfgScale": "cfg_scale", "quality": "quality"}
+                  "seed": "seed", "cfgScale": "cfg_scale", "quality": "quality", "prompt": "prompt",
+                  "negative_prompt": "negative_prompt", "aspect_ratio": "aspect_ratio"}
 
 
 class BedrockModel:
@@ -46,19 +49,24 @@ class BedrockModel:
 
     placeholder = False
 
-    def __init__(self, client, model_id: str, *, read_timeout: float, max_attempts: int = 4, sleep=time.sleep):
+    def __init__(self, client, model_id: str, *, read_timeout: float, max_attempts: int = 4, sleep=time.sleep,
+                 profile: ModelProfile | None = None):
         self.client = client
         self.model_id = model_id
+        self.profile = profile or profile_for(model_id) or TITAN_V2
         self.read_timeout = read_timeout
         self.max_attempts = max_attempts
         self._sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings) -> BedrockModel:
-        """The model the settings name, on this process's Bedrock Runtime client."""
-        from backends.aws_clients import bedrock_runtime_client
+    def from_settings(cls, settings, model_id: str | None = None) -> BedrockModel:
+        """A model (the default unless named) on this process's Bedrock Runtime client for its region."""
+        from backends.aws_clients import bedrock_runtime_client, session
+        from generation.model_registry import call_region
 
-        return cls(bedrock_runtime_client(settings), settings.bedrock_model_id,
+        model_id = model_id or settings.bedrock_model_id
+        region = call_region(model_id, session().region_name, settings.bedrock_region)
+        return cls(bedrock_runtime_client(settings, region), model_id,
                    read_timeout=settings.bedrock_read_timeout_seconds, max_attempts=settings.bedrock_max_attempts)
 
     def generate(self, spec: ImageSpec, deadline: float) -> bytes:
@@ -67,7 +75,7 @@ class BedrockModel:
 
     def start(self, spec: ImageSpec, deadline: float):
         """Invoke the model, retrying throttling only while an attempt can still finish; return its reader."""
-        body = json.dumps(request_body(spec)).encode()
+        body = json.dumps(request_body(spec, self.profile.family)).encode()
         # The first attempt always goes: the pipeline starts no image once the deadline has passed.
         attempt = 1
         while True:
@@ -100,7 +108,8 @@ class BedrockModel:
     def _read(self, response: dict) -> bytes:
         """The answer's image; the whole body is read, so the connection goes back to the pool."""
         try:
-            return decode_image(response["body"].read())
+            raw = response["body"].read()
+            return decode_stability(raw) if self.profile.family == "stability" else decode_image(raw)
         except BotoCoreError as error:
             raise self._transport_error(error, "reading its answer") from error
 
@@ -121,8 +130,24 @@ class BedrockModel:
             raise ModelBusy(f"cannot connect to Bedrock Runtime at {url.hostname}:{port}: {error}") from error
 
 
-def request_body(spec: ImageSpec) -> dict:
-    """The TEXT_IMAGE body; Titan v2 and Nova Canvas take the same one, one image per call."""
+def request_body(spec: ImageSpec, family: str = "amazon") -> dict:
+    """The model family's text-to-image body, one image per call."""
+    if family == "stability":
+        return stability_body(spec)
+    return amazon_body(spec)
+
+
+def stability_body(spec: ImageSpec) -> dict:
+    """Stability's body (SD3.5, Core, Ultra): prompt, ratio, seed, PNG out (wave2-reference.md B 1.2-1.4)."""
+    body = {"prompt": spec.prompt, "aspect_ratio": spec.aspect_ratio or "1:1", "seed": spec.seed,
+            "output_format": "png"}
+    if spec.negative_prompt:
+        body["negative_prompt"] = spec.negative_prompt
+    return body
+
+
+def amazon_body(spec: ImageSpec) -> dict:
+    """The TEXT_IMAGE body; Titan v2 and Nova Canvas take the same one."""
     text_params = {"text": spec.prompt}
     if spec.negative_prompt:
         text_params["negativeText"] = spec.negative_prompt
@@ -144,7 +169,30 @@ def decode_image(raw: bytes) -> bytes:
         raise ModelFailed("Bedrock answered with JSON that is not an object")
     if answer.get("error"):
         raise ContentFiltered(f"the model's content filter blocked the generated image: {answer['error']}")
-    images = answer.get("images")
+    return _one_image(answer.get("images"))
+
+
+def decode_stability(raw: bytes) -> bytes:
+    """The one image of a Stability answer; a non-null finish reason is a filter (400) or a model failure."""
+    try:
+        answer = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ModelFailed("Bedrock answered with a body that is not JSON") from error
+    if not isinstance(answer, dict):
+        raise ModelFailed("Bedrock answered with JSON that is not an object")
+    reasons = answer.get("finish_reasons") or [None]
+    reason = reasons[0]
+    if isinstance(reason, str) and reason.startswith(STABILITY_FILTER_PREFIX):
+        where = reason.split(":", 1)[-1].strip()
+        raise ContentFiltered(f"the model's content filter blocked the {where or 'request'} ({reason})")
+    if reason is not None:
+        raise ModelFailed(f"the model did not make the image ({reason})")
+    # The filtered shape may lack seeds and images altogether; a good one has exactly one image.
+    return _one_image(answer.get("images"))
+
+
+def _one_image(images) -> bytes:
+    """Exactly one base64 image, decoded once."""
     if not isinstance(images, list) or len(images) != 1 or not isinstance(images[0], str):
         count = len(images) if isinstance(images, list) else 0
         raise ModelFailed(f"Bedrock answered with {count} images instead of exactly one")
@@ -189,11 +237,13 @@ def translate(error: ClientError, model_id: str):
 def unavailable_detail(model_id: str, code: str, message: str) -> str:
     """What the operator must change when Bedrock refuses the model itself."""
     detail = f"Bedrock refused model {model_id} ({code}: {message})."
-    if model_id == TITAN_V2.model_id:
-        return (f"{detail} Titan Image Generator v2 reached end of life on 2026-06-30: set "
-                f"AIG_BEDROCK_MODEL_ID={NOVA_CANVAS.model_id} and grant bedrock:InvokeModel on it")
+    profile = profile_for(model_id)
+    if profile is not None and profile.end_of_life_date:
+        return (f"{detail} {profile.name} reached end of life on {profile.end_of_life_date}: set "
+                f"AIG_BEDROCK_MODEL_ID to an active model (see GET /models) or keep it in a fallback chain "
+                f"(AIG_BEDROCK_FALLBACK_MODEL_IDS)")
     return (f"{detail} Enable access to {model_id} in this region's Bedrock console, grant bedrock:InvokeModel "
-            f"on it, or set AIG_BEDROCK_MODEL_ID to a model this account may use")
+            f"on it, or name a model this account may use (GET /models)")
 
 
 def rejected_request(model_id: str, message: str) -> InvalidRequest:

@@ -11,7 +11,7 @@ import time
 from PIL import Image, ImageDraw, ImageFont
 
 from generation.errors import ModelTimeout
-from generation.model_registry import PLACEHOLDER_MODEL_ID
+from generation.model_registry import PLACEHOLDER, PLACEHOLDER_MODEL_ID
 from image_generation import ImageSpec
 
 
@@ -20,6 +20,7 @@ class PlaceholderModel:
 
     model_id = PLACEHOLDER_MODEL_ID
     placeholder = True
+    profile = PLACEHOLDER
 
     def __init__(self, latency_seconds: float = 0.0):
         # Simulated model time, so a UI or a drain test can see a request take a while.

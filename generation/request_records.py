@@ -52,7 +52,9 @@ class RequestRecords:
 
 def _image_entry(result) -> dict:
     entry = {"index": result.index, "seed": result.seed, "key": result.key,
-             "width": result.width, "height": result.height}
+             "width": result.width, "height": result.height, "model_id": result.model_id}
+    if result.skipped:
+        entry["skipped_models"] = [{"model_id": m, "reason": why} for m, why in result.skipped]
     if result.moderation is not None:
         entry["moderation"] = {"verdict": result.moderation.verdict, "action": result.moderation.action,
                                "labels": [asdict(label) for label in result.moderation.labels]}

@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 
 from ai_image_generator import create_app
 from backends import aws_clients
+from services import Services, build_services
 from settings import Settings
 from standins.aws_standin import StandinServer
 
@@ -73,6 +74,7 @@ def aws_env(monkeypatch, moto_s3, standin):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_s3)
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", standin.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK", standin.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_REKOGNITION", standin.url)
     # The process-wide session was made from whatever environment came before.
     aws_clients.reset_session()
@@ -101,11 +103,7 @@ class AwsApp:
     app: Flask
     client: FlaskClient
     settings: Settings
-
-    @property
-    def services(self):
-        """The adapters and pipeline the app was built with."""
-        return self.app.extensions["aig"]["services"]
+    services: Services
 
 
 @pytest.fixture
@@ -117,10 +115,13 @@ def aws_app(aws_env, bucket):
         environ = {"AIG_MODEL": "bedrock", "AIG_STORE": "s3", "AIG_MODERATION": "rekognition",
                    "AIG_S3_BUCKET": bucket, **env}
         settings = Settings.from_env(environ)
-        app = create_app(settings)
-        built.append(AwsApp(app, app.test_client(), settings))
+        services = build_services(settings)
+        app = create_app(settings, services)
+        built.append(AwsApp(app, app.test_client(), settings, services))
         return built[-1]
 
     yield build
     for made in built:
         made.services.pipeline.executor.shutdown(wait=False, cancel_futures=True)
+        if made.services.lifecycle is not None:
+            made.services.lifecycle.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ai_image_generator import create_app
+from generation.model_chain import ModelChain
+from services import build_services
 from settings import Settings
 
 
@@ -27,12 +29,24 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
-def make_app(data_dir):
-    """Build an offline app with settings overrides (names as in Settings)."""
+def make_stack(data_dir):
+    """Build an offline app and its services: settings overrides by name, fakes as model/store/screener."""
 
-    def build(**overrides):
+    def build(*, model=None, store=None, screener=None, **overrides):
         settings = Settings.from_env({}, **{"data_dir": str(data_dir), **overrides})
-        return create_app(settings)
+        services = build_services(settings, models=ModelChain([model]) if model else None, store=store,
+                                  screener=screener)
+        return create_app(settings, services), services
+
+    return build
+
+
+@pytest.fixture
+def make_app(make_stack):
+    """Build an offline app (see make_stack)."""
+
+    def build(**kwargs):
+        return make_stack(**kwargs)[0]
 
     return build
 

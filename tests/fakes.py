@@ -15,6 +15,7 @@ class FakeModel:
 
     model_id = "fake-model"
     placeholder = False
+    profile = None  # takes every spec as asked
 
     def __init__(self, *, latency=0.0, errors=None, size=None):
         self.latency = latency

@@ -165,7 +165,7 @@ def test_content_filter_answers_400_naming_the_filter(aws_app, s3, bucket, marke
 
 @pytest.mark.parametrize("refusal", ["AccessDeniedException", "ResourceNotFoundException"])
 def test_refused_model_answers_503_telling_the_operator_what_to_set(aws_app, standin, refusal):
-    made = aws_app()
+    made = aws_app(AIG_BEDROCK_FALLBACK_MODEL_IDS="")  # no fallback: the refusal is the answer
     standin.configure(disabled_models=[TITAN], disabled_error=refusal)
     response = post(made)
     assert response.status_code == 503

@@ -114,9 +114,9 @@ def test_routing_errors_are_json(client, method, path, status):
     assert response.get_json()["status"] == status
 
 
-def test_unexpected_errors_are_json_without_a_trace(make_app):
-    app = make_app()
-    app.extensions["aig"]["services"].pipeline.run = lambda *a: 1 / 0
+def test_unexpected_errors_are_json_without_a_trace(make_stack):
+    app, services = make_stack()
+    services.pipeline.run = lambda *a: 1 / 0
     response = app.test_client().post("/generate_images", data=CURL_BODY)
     assert response.status_code == 500
     problem = response.get_json()

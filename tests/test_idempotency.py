@@ -73,9 +73,9 @@ def test_idempotency_rejects_a_malformed_key_and_writes_nothing(client, data_dir
     assert list(data_dir.rglob("*")) == []
 
 
-def test_idempotency_a_failed_attempt_releases_the_key(make_app, data_dir):
-    app = make_app()
-    pipeline = app.extensions["aig"]["services"].pipeline
+def test_idempotency_a_failed_attempt_releases_the_key(make_stack, data_dir):
+    app, services = make_stack()
+    pipeline = services.pipeline
     real_run = pipeline.run
     pipeline.run = lambda *args: (_ for _ in ()).throw(ModelThrottled("slow down", retry_after=2))
     assert post(app.test_client()).status_code == 429
@@ -84,9 +84,9 @@ def test_idempotency_a_failed_attempt_releases_the_key(make_app, data_dir):
     assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
 
 
-def test_idempotency_takes_over_a_claim_left_by_a_dead_process(make_app):
-    app = make_app()
-    keys = app.extensions["aig"]["services"].idempotency
+def test_idempotency_takes_over_a_claim_left_by_a_dead_process(make_stack):
+    app, services = make_stack()
+    keys = services.idempotency
     keys.begin("order-42", "", fingerprint(BODY), "dead-request")  # claimed, never answered
     assert post(app.test_client()).status_code == 409
     keys.stale_after_seconds = 0

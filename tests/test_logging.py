@@ -6,6 +6,7 @@ import json
 import logging
 
 from keyadmin.api_keys import add_key
+from tests.fakes import FakeModel
 from web.logging_setup import StdoutHandler, configure_logging
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
@@ -69,9 +70,9 @@ def test_the_access_line_names_the_key_and_the_stage_times(make_app, tmp_path, c
     assert key not in out
 
 
-def test_an_error_is_one_line_with_its_traceback_inside(make_app, capsys):
-    app = make_app()
-    app.extensions["aig"]["services"].pipeline.run = lambda *a, **k: 1 / 0
+def test_an_error_is_one_line_with_its_traceback_inside(make_stack, capsys):
+    app, services = make_stack()
+    services.pipeline.run = lambda *a, **k: 1 / 0
     response = app.test_client().post("/generate_images", json=BODY, headers={"X-Request-ID": "rid-boom"})
     assert response.status_code == 500
     errors = [line for line in json_lines(capsys.readouterr().out) if line["level"] == "ERROR"]
@@ -88,16 +89,16 @@ def test_configuring_twice_keeps_one_handler():
     configure_logging("info")
 
 
-def test_log_lines_from_the_image_pool_carry_the_request_id(make_app, capsys):
-    app = make_app()
-    pipeline = app.extensions["aig"]["services"].pipeline
-    real_start = pipeline.model.start
+class LoggingModel(FakeModel):
+    """A fake model that logs from the pool thread that runs it."""
 
-    def start_and_log(spec, deadline):
+    def start(self, spec, deadline):
         logging.getLogger("ai_image_generator.test").warning("drawing seed %s", spec.seed)
-        return real_start(spec, deadline)
+        return super().start(spec, deadline)
 
-    pipeline.model.start = start_and_log
+
+def test_log_lines_from_the_image_pool_carry_the_request_id(make_app, capsys):
+    app = make_app(model=LoggingModel())
     app.test_client().post("/generate_images", headers={"X-Request-ID": "pool-rid-1"},
                            json={"prompt": "p", "output_folder": "a", "file_name_prefix": "b", "count": 2,
                                  "width": 512, "height": 512})

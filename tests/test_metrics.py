@@ -60,15 +60,13 @@ def test_metrics_count_known_traffic(make_app):
 
 
 def test_flagged_failed_and_throttled_images_are_counted(make_app):
-    app = make_app()
-    pipeline = app.extensions["aig"]["services"].pipeline
-    client = app.test_client()
-    pipeline.screener = FakeScreener(flag_all=True)
+    model, screener = FakeModel(), FakeScreener(flag_all=True)
+    client = make_app(model=model, screener=screener).test_client()
     assert client.post("/generate_images", json=SMALL).status_code == 200
-    pipeline.screener = FakeScreener()
-    pipeline.model = FakeModel(errors=[ModelThrottled("slow down"), None, None, None])
+    screener.flag_all = False
+    model.errors = [ModelThrottled("slow down"), None, None, None]
     assert client.post("/generate_images", json=SMALL).json["errors"][0]["code"] == "model_throttled"
-    pipeline.model = FakeModel(errors=[ModelThrottled("slow down")] * 4)
+    model.errors = [ModelThrottled("slow down")] * 4
     assert client.post("/generate_images", json=SMALL).status_code == 429
     found = scrape(client)
     assert value(found, "aig_images_flagged_total") == 4

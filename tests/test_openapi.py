@@ -23,7 +23,7 @@ def test_openapi_document_is_valid_and_covers_every_route(app, client):
 def test_openapi_builder_marks_keyed_routes():
     from generation.model_registry import TITAN_V2
     from web.openapi import openapi_document
-    document = openapi_document(TITAN_V2, api_keys=True)
+    document = openapi_document([TITAN_V2], api_keys=True)
     validate(document)
     assert document["paths"]["/generate_images"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
     assert "security" not in document["paths"]["/healthz"]["get"]

@@ -52,7 +52,8 @@ def test_pipeline_gives_every_image_its_own_seed_unless_one_is_given(executor):
     seeds = [r.seed for r in pipeline.run(REQUEST, "r").stored]
     assert len(set(seeds)) == 4
     fixed = GenerationRequest(**{**REQUEST.__dict__, "seed": 7, "count": 2})
-    assert [r.seed for r in pipeline.run(fixed, "r").stored] == [7, 7]
+    # A given seed numbers the images as image tools do: seed, seed + 1, ...
+    assert [r.seed for r in pipeline.run(fixed, "r").stored] == [7, 8]
 
 
 def test_pipeline_runs_the_model_calls_side_by_side(executor):

@@ -6,6 +6,7 @@ import pytest
 
 from generation.errors import InvalidRequest
 from generation.model_registry import NOVA_CANVAS, TITAN_V2
+from image_generation import spec_for
 from web.problems import status_of
 from web.request_schema import parse_generation_request
 
@@ -25,12 +26,14 @@ def fields_of(error: InvalidRequest) -> set[str]:
 def test_validation_accepts_the_original_body_with_defaults():
     request = parse()
     assert (request.count, request.width, request.height, request.quality) == (4, 1024, 1024, "premium")
-    assert request.cfg_scale == TITAN_V2.default_cfg_scale and request.seed is None
+    # No cfg_scale asked: each model gets its own default when the call is made (fallbacks differ).
+    assert request.cfg_scale is None and request.seed is None
+    assert spec_for(TITAN_V2, request, 1).cfg_scale == 8.0
 
 
 def test_validation_uses_nova_canvas_defaults_and_longer_prompt():
     request = parse(NOVA_CANVAS, prompt="x" * 1024)
-    assert request.cfg_scale == 6.5 and len(request.prompt) == 1024
+    assert spec_for(NOVA_CANVAS, request, 1).cfg_scale == 6.5 and len(request.prompt) == 1024
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -65,7 +68,8 @@ def test_validation_uses_nova_canvas_defaults_and_longer_prompt():
     ({"count": "4"}, "count"),
     ({"count": True}, "count"),
     ({"count": 2.5}, "count"),
-    ({"width": 1000}, "width"),
+    ({"width": 1000}, "height"),  # half a size: the missing half is named, and nothing else
+    ({"width": 1000, "height": 1000}, "width"),
     ({"width": 1408, "height": 1408}, "width"),
     ({"quality": "ultra"}, "quality"),
     ({"cfg_scale": 1.0}, "cfg_scale"),

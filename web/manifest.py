@@ -30,7 +30,10 @@ def render_manifest(result: GenerationResult, store: ImageStore, base_url: str) 
 
 def _detail(r: ImageResult, placeholder: bool, store: ImageStore, base_url: str) -> dict:
     detail = {"key": r.key, "seed": r.seed, "width": r.width, "height": r.height,
-              "moderation": moderation_json(r.moderation)}
+              "moderation": moderation_json(r.moderation), "model_id": r.model_id}
+    if r.skipped:
+        # Why the model chain passed over earlier models for this image (fallback).
+        detail["skipped_models"] = [{"model_id": m, "reason": why} for m, why in r.skipped]
     if placeholder:
         detail["placeholder"] = True
     detail.update(store.address(r.key, base_url))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from generation.model_registry import ModelProfile
-from web.request_schema import MAX_FOLDER, MAX_PREFIX
+from web.request_schema import json_schema
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -26,43 +26,6 @@ def _json_response(description: str, schema: dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-# A segment of letters, digits, '-', '_', '.' that is not '.' or '..'.
-SEGMENT = r"(?!\.\.?(/|$))[A-Za-z0-9._-]+"
-# Some non-space character, and no control character but tab, newline and carriage return.
-TEXT = r"^(?=[\s\S]*\S)[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$"
-
-
-def _size_pairs(profile: ModelProfile) -> list[dict]:
-    """width and height come together, as one of the model's pairs, or not at all."""
-    pairs = [{"required": ["width", "height"],
-              "properties": {"width": {"const": w}, "height": {"const": h}}} for w, h in sorted(profile.sizes)]
-    neither = {"not": {"anyOf": [{"required": ["width"]}, {"required": ["height"]}]}}
-    return [neither, *pairs]
-
-
-def _request_schema(profile: ModelProfile) -> dict:
-    text = {"type": "string", "minLength": 1, "maxLength": profile.max_text, "pattern": TEXT}
-    return {
-        "type": "object",
-        "required": ["prompt", "output_folder", "file_name_prefix"],
-        "additionalProperties": False,
-        "anyOf": _size_pairs(profile),
-        "properties": {
-            "prompt": text,
-            "negative_prompt": text,
-            "output_folder": {"type": "string", "pattern": f"^{SEGMENT}(/{SEGMENT})*$", "maxLength": MAX_FOLDER},
-            "file_name_prefix": {"type": "string", "pattern": f"^{SEGMENT}$", "maxLength": MAX_PREFIX},
-            "count": {"type": "integer", "minimum": 1, "maximum": profile.max_images, "default": 4},
-            "width": {"type": "integer", "enum": sorted({w for w, _ in profile.sizes}), "default": 1024},
-            "height": {"type": "integer", "enum": sorted({h for _, h in profile.sizes}), "default": 1024},
-            "quality": {"type": "string", "enum": ["standard", "premium"]},
-            "cfg_scale": {"type": "number", "minimum": profile.min_cfg_scale, "maximum": profile.max_cfg_scale},
-            "seed": {"type": "integer", "minimum": 0, "maximum": profile.max_seed},
-        },
-        "example": {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"},
-    }
-
-
 MANIFEST = {
     "type": "object",
     "required": ["images", "request_id", "model_id", "image_details", "errors"],
@@ -81,6 +44,10 @@ MANIFEST = {
                 "key": {"type": "string"}, "seed": {"type": "integer"},
                 "width": {"type": "integer"}, "height": {"type": "integer"},
                 "placeholder": {"type": "boolean"}, "url": {"type": "string"}, "s3_uri": {"type": "string"},
+                "model_id": {"type": "string"},
+                "skipped_models": {"type": "array", "items": {
+                    "type": "object", "required": ["model_id", "reason"],
+                    "properties": {"model_id": {"type": "string"}, "reason": {"type": "string"}}}},
                 "moderation": {"type": "object", "required": ["verdict", "labels", "action"], "properties": {
                     "verdict": {"enum": ["clean", "flagged", "not_screened"]},
                     "action": {"enum": ["none", "blurred", "blurred_withheld"]},
@@ -96,6 +63,17 @@ MANIFEST = {
                            "status": {"type": "integer"}, "code": {"type": "string"},
                            "detail": {"type": "string"}},
         }},
+    },
+}
+
+MODELS = {
+    "type": "object", "required": ["default", "fallback_chain", "models"],
+    "properties": {
+        "default": {"type": "string"},
+        "fallback_chain": {"type": "array", "items": {"type": "string"}},
+        "models": {"type": "array", "items": {"type": "object", "required": ["id", "limits", "lifecycle", "available"],
+                                              "properties": {"id": {"type": "string"},
+                                                             "available": {"type": "boolean"}}}},
     },
 }
 
@@ -115,14 +93,21 @@ PROBLEM_SCHEMA = {
 }
 
 
-def openapi_document(profile: ModelProfile, *, api_keys: bool = False) -> dict:
+def request_schema(profiles: list[ModelProfile]) -> dict:
+    """The body of POST /generate_images: the default model's (no `model` field needed) or a named model's."""
+    default, *named = profiles
+    schemas = [json_schema(default, True), *(json_schema(p, False) for p in named)]
+    return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+
+
+def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False) -> dict:
     """Every route, its bodies and every answer it can give; with `api_keys`, the routes that need one."""
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     document = {
         "openapi": "3.1.0",
         "info": {"title": "ai-image-generator", "version": "1.0.0",
                  "description": "Turns a prompt into images, screens them and stores them under a chosen "
-                                f"folder. Model: {profile.model_id}."},
+                                "folder. Models: " + ", ".join(p.model_id for p in profiles) + "."},
         "paths": {
             "/": {"get": {"summary": "Health, as the original service answered", "responses": {
                 "200": _json_response("Alive", {"type": "object", "properties": {"health": {"const": "true"}}}),
@@ -133,13 +118,15 @@ def openapi_document(profile: ModelProfile, *, api_keys: bool = False) -> dict:
                 "200": _json_response("Ready", status), **_problems(500, 503)}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": _json_response("OpenAPI 3.1", {"type": "object"})}}},
+            "/models": {"get": {"summary": "The offered models: limits, tasks, price per image, lifecycle",
+                                "responses": {"200": _json_response("The models", MODELS), **_problems(401, 500)}}},
             "/generate_images": {"post": {
                 "summary": "Generate, screen and store images; answer the manifest",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
                                 "description": "A retried POST with the same key returns the first answer"}],
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _request_schema(profile)}}},
+                    "application/json": {"schema": request_schema(profiles)}}},
                 "responses": {"200": _json_response("The manifest", MANIFEST),
                               **_problems(400, 401, 409, 413, 422, 429, 500, 502, 503, 504)},
             }},
@@ -160,7 +147,7 @@ def openapi_document(profile: ModelProfile, *, api_keys: bool = False) -> dict:
         },
     }
     if api_keys:
-        for path in ("/generate_images", "/images/{key}", "/openapi.json"):
+        for path in ("/generate_images", "/images/{key}", "/openapi.json", "/models"):
             for operation in document["paths"][path].values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
                 operation["responses"].setdefault("401", _problem_response("Missing or wrong API key"))
