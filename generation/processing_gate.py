@@ -53,6 +53,12 @@ class ProcessingGate:
                 self._busy -= 1
 
     @property
+    def waiting(self) -> int:
+        """Callers queued for a slot right now."""
+        with self._lock:
+            return len(self._waiting)
+
+    @property
     def busy(self) -> int:
         """Slots held right now."""
         return self._busy

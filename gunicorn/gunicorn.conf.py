@@ -98,7 +98,6 @@ def on_starting(server):
     """
     from keyadmin.api_keys import KeyFileError, read_keys
     from settings import Settings, SettingsError  # the service folder is on sys.path (gunicorn chdir)
-    from web.metrics import wipe_multiproc_dir
 
     try:
         settings = Settings.from_env()
@@ -106,8 +105,35 @@ def on_starting(server):
             read_keys(settings.api_keys_file)  # a broken keys file stops start-up, not each worker
     except (SettingsError, KeyFileError) as error:
         raise SystemExit(f"ai-image-generator will not start: {error}") from None
+    _use_private_metrics_dir(server)
+    # Imported only now: prometheus_client picks its multiprocess mode when first imported.
+    from web.metrics import wipe_multiproc_dir
+
     # Metrics files of an earlier run would be summed into this run's numbers.
     wipe_multiproc_dir(server)
+
+
+def _use_private_metrics_dir(server):
+    """Metrics right out of the box: with several workers and no PROMETHEUS_MULTIPROC_DIR, make a private one.
+
+    prometheus_client sums workers only through a shared folder. The systemd unit names one; when nobody
+    did, this makes one in the master before any worker starts (workers inherit the variable), and
+    on_exit removes it.
+    """
+    import tempfile
+
+    if server.cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        server.aig_private_metrics_dir = tempfile.mkdtemp(prefix="aig-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.aig_private_metrics_dir
+
+
+def on_exit(server):
+    """Remove the private metrics folder on_starting made, if it made one."""
+    import shutil
+
+    private = getattr(server, "aig_private_metrics_dir", None)
+    if private:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def child_exit(server, worker):

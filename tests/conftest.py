@@ -61,3 +61,14 @@ def app(make_app):
 def client(app):
     """A test client of the fresh offline app."""
     return app.test_client()
+
+
+TIERS = ("unit", "integration", "live")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier, so `-m unit` (and the others) select what they say."""
+    for item in items:
+        tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: give the module one tier marker of {TIERS}, not {sorted(tiers)}")

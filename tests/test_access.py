@@ -12,6 +12,8 @@ import pytest
 from keyadmin.api_keys import KeyFileError, add_key, digest, read_keys
 from settings import SettingsError
 
+pytestmark = pytest.mark.unit
+
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
 
 

@@ -34,6 +34,8 @@ from image_generation import ImageSpec, ModerationLabel
 from settings import Settings, SettingsError
 from web.problems import status_of
 
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["tests.aws_fixtures"]
 
 TITAN = "amazon.titan-image-generator-v2:0"

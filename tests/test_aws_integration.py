@@ -15,6 +15,8 @@ from PIL import Image, ImageStat
 
 from generation.png import png_size
 
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["tests.aws_fixtures"]
 
 TITAN = "amazon.titan-image-generator-v2:0"
@@ -90,10 +92,8 @@ def test_generate_images_stores_four_screened_pngs_with_metadata(aws_app, s3, bu
 def test_generate_images_calls_the_model_four_times_side_by_side(aws_app, standin):
     made = aws_app()
     standin.configure(latency=0.5)
-    started = time.monotonic()
     assert post(made).status_code == 200
-    assert time.monotonic() - started < 1.5
-    assert standin.stats()["max_in_flight"] == 4
+    assert standin.stats()["max_in_flight"] == 4  # all four calls were waiting on the model at once
 
 
 def test_presigned_urls_can_be_turned_off(aws_app):

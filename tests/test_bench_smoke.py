@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.live
+
 REPO = Path(__file__).resolve().parent.parent
 # The quick run takes ~30 s, plus ~10-60 s the first time it builds the seed's venv from PyPI.
 TIMEOUT_SECONDS = 300

@@ -6,6 +6,8 @@ import pytest
 
 from keyadmin.api_keys import add_key
 
+pytestmark = pytest.mark.unit
+
 UI = "https://ui.example"
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
 PREFLIGHT = {"Access-Control-Request-Method": "POST",

@@ -29,6 +29,8 @@ from tests.servers import (
     write_nginx_conf,
 )
 
+pytestmark = pytest.mark.unit
+
 IAM_POLICY = REPO / "deploy" / "iam" / "ai-image-generator-policy.json"
 IAM_README = REPO / "deploy" / "iam" / "README.md"
 ENV_EXAMPLE = REPO / "deploy" / "env" / "aig.env.example"

@@ -12,6 +12,8 @@ from backends import aws_clients
 from standins.faulty_s3 import FaultyS3Proxy
 from tests.test_aws_integration import body, keys_in, read
 
+pytestmark = pytest.mark.integration
+
 pytest_plugins = ["tests.aws_fixtures"]
 
 
@@ -67,10 +69,9 @@ def test_a_model_slower_than_the_deadline_answers_504_in_time_and_pays_once_per_
                                                                                       bucket):
     standin.configure(latency=4.0)
     made = aws_app(AIG_REQUEST_DEADLINE_SECONDS="2", AIG_BEDROCK_READ_TIMEOUT_SECONDS="1.5")
-    started = time.monotonic()
     response = made.client.post("/generate_images", json=body())
-    elapsed = time.monotonic() - started
-    assert response.status_code == 504 and elapsed < 2.5
+    # Answered at the deadline, not when the model finished: the calls are still in flight.
+    assert response.status_code == 504 and standin.stats()["in_flight"] > 0
     assert_honest(response, s3, bucket)
     assert standin.stats()["invoke_calls"] == 4
     assert keys_in(s3, bucket) == []
@@ -83,14 +84,13 @@ def test_images_finishing_after_the_deadline_are_kept_and_recorded(aws_app, stan
     problem = assert_honest(response, s3, bucket)
     assert response.status_code == 504 and problem["code"] == "deadline_exceeded"
     assert problem["images"] == [] and problem["record"].endswith(f"/{problem['request_id']}.json")
-    record = None
-    for _ in range(60):
-        if problem["record"] in set(s3.list_objects_v2(Bucket=bucket).get("Content", [])) or record:
-            break
+    # The last late image writes the record after the 504: poll for it, for a bounded time.
+    record, give_up = None, time.monotonic() + 10
+    while record is None and time.monotonic() < give_up:
         try:
             record = json.loads(read(s3, bucket, problem["record"]))
         except s3.exceptions.NoSuchKey:
-            time.sleep(0.1)
+            time.sleep(0.05)
     assert record["status"] == "deadline_exceeded" and record["parameters"]["prompt"] == body()["prompt"]
     kept = [image["key"] for image in record["images"]]
     assert len(kept) == 4 and sorted(kept) == keys_in(s3, bucket)

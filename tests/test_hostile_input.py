@@ -28,6 +28,8 @@ PATHLIKE = st.one_of(
 HOSTILE_SETTINGS = settings(max_examples=150, deadline=None,
                             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def hostile_app(tmp_path_factory):

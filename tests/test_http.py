@@ -11,6 +11,8 @@ from PIL import Image
 
 from settings import Settings
 
+pytestmark = pytest.mark.unit
+
 CURL_BODY = '{"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}'
 FORM = "application/x-www-form-urlencoded"
 

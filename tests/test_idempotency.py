@@ -6,9 +6,13 @@ import json
 import threading
 import time
 
+import pytest
+
 from generation.errors import ModelThrottled
 from tests.test_http import CURL_BODY, images_under
 from web.idempotency import fingerprint
+
+pytestmark = pytest.mark.unit
 
 BODY = {**json.loads(CURL_BODY), "count": 2, "width": 512, "height": 512}
 
@@ -46,12 +50,15 @@ def test_idempotency_key_reused_with_another_body_is_422(client, data_dir):
     assert len(images_under(data_dir)) == 2
 
 
-def test_idempotency_key_still_running_is_409(make_app):
+def test_idempotency_key_still_running_is_409(make_app, data_dir):
     app = make_app(placeholder_latency_seconds=1.0)
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("first", post(app.test_client())))
     first.start()
-    time.sleep(0.3)
+    give_up = time.monotonic() + 5
+    while not list(data_dir.glob(".idempotency/*.claim.json")):  # the first request holds the key
+        assert time.monotonic() < give_up, "the first request never claimed the key"
+        time.sleep(0.01)
     second = post(app.test_client())
     first.join()
     assert second.status_code == 409 and second.get_json()["code"] == "idempotency_in_progress"

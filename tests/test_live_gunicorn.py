@@ -12,6 +12,8 @@ from PIL import Image
 
 from tests.servers import free_port, start_gunicorn, stop
 
+pytestmark = pytest.mark.live
+
 CURL_LINE = ['curl', '-s', '-X', 'POST', '--data',
              '{"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}']
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from keyadmin.api_keys import add_key
 from tests.fakes import FakeModel
 from web.logging_setup import StdoutHandler, configure_logging
+
+pytestmark = pytest.mark.unit
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
 

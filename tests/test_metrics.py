@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from generation.errors import ModelThrottled
 from tests.fakes import FakeModel, FakeScreener
-from tests.servers import free_port, start_gunicorn, stop
+
+pytestmark = pytest.mark.unit
 
 BODY = {"prompt": "a red bicycle", "output_folder": "000/111", "file_name_prefix": "bike"}
 SMALL = {**BODY, "width": 512, "height": 512}
@@ -124,63 +121,3 @@ def test_the_manifest_carries_the_wall_time_of_each_stage(make_app):
     assert set(timings) == {"model", "screening", "store"}
     total = float(response.headers["Server-Timing"].rsplit("dur=", 1)[1])
     assert 0 < timings["model"] <= total
-
-
-@pytest.fixture
-def two_workers(tmp_path):
-    """Real gunicorn with two gthread workers sharing a PROMETHEUS_MULTIPROC_DIR."""
-    multiproc = tmp_path / "prometheus"
-    multiproc.mkdir()
-    (tmp_path / "images").mkdir()
-    port = free_port()
-    env = {"AIG_WORKERS": "2", "AIG_THREADS": "8", "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-           "AIG_DATA_DIR": str(tmp_path / "images"), "AIG_PLACEHOLDER_LATENCY_SECONDS": "0.3",
-           "AIG_WORKER_TMP_DIR": str(tmp_path)}
-    log_path = tmp_path / "gunicorn.log"
-    proc = start_gunicorn(env, port, log_path)
-    yield f"http://127.0.0.1:{port}", log_path
-    stop(proc)
-
-
-def _generation_pids(log_path) -> list[int]:
-    pids = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("logger") == "ai_image_generator.access" and entry.get("route") == "/generate_images":
-                pids.append(entry["pid"])
-    return pids
-
-
-def test_metrics_sum_over_two_gunicorn_workers(two_workers):
-    base, log_path = two_workers
-
-    def post(_):
-        # A new connection each time, so either worker may accept it.
-        return requests.post(f"{base}/generate_images", json=SMALL, timeout=30,
-                             headers={"Connection": "close"}).status_code
-
-    sent = 0
-    # Bounded rounds of concurrent requests until the access lines show both workers served some.
-    for _ in range(5):
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(post, range(16)))
-        assert set(statuses) == {200}
-        sent += len(statuses)
-        time.sleep(0.2)  # let the access lines reach the log
-        if len(set(_generation_pids(log_path))) == 2:
-            break
-    pids = _generation_pids(log_path)
-    assert len(set(pids)) == 2, f"one worker served everything: {set(pids)}"
-    assert len(pids) == sent
-    # Whichever worker answers the scrape, it reports both workers' traffic.
-    for _ in range(6):
-        response = requests.get(f"{base}/metrics", timeout=10, headers={"Connection": "close"})
-        assert response.status_code == 200
-        found = samples(response.text)
-        assert value(found, "aig_http_requests_total", route="/generate_images", method="POST",
-                     status="200") == sent
-        assert value(found, "aig_images_generated_total") == 4 * sent
-        assert value(found, "aig_stage_duration_seconds_count", stage="model") == sent
-        assert value(found, "aig_http_request_duration_seconds_count", route="/generate_images") == sent
-

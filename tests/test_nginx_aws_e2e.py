@@ -14,6 +14,8 @@ from tests.live_stack import start_live_stack
 from tests.servers import NGINX_SITE, free_port, require_tool, start_nginx, stop
 from tests.test_nginx_e2e import KEY, post_original
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture
 def aws_behind_nginx(tmp_path):
@@ -54,7 +56,10 @@ def test_sigterm_drains_an_in_flight_paid_generation(aws_behind_nginx):
     result = {}
     caller = threading.Thread(target=lambda: result.update(answer=post_original(port)))
     caller.start()
-    time.sleep(1.5)  # the four calls are now waiting on the 5 s model
+    give_up = time.monotonic() + 10
+    while stack.standin_stats()["in_flight"] < 4:  # the four calls are now waiting on the 5 s model
+        assert time.monotonic() < give_up, "the four model calls never started"
+        time.sleep(0.05)
     stack.gunicorn.send_signal(signal.SIGTERM)
     caller.join(timeout=60)
     status, _, body = result["answer"]

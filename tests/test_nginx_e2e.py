@@ -18,6 +18,8 @@ import requests
 
 from tests.servers import NGINX_SITE, free_port, require_tool, start_gunicorn, start_nginx, stop
 
+pytestmark = pytest.mark.live
+
 # The original README's curl line, byte for byte (curl sends it as application/x-www-form-urlencoded).
 ORIGINAL_BODY = '{"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}'
 KEY = re.compile(r"000/111/porsche_image-\d+(\.\d+)?\.png")
@@ -158,7 +160,12 @@ def test_sigterm_drains_an_in_flight_generation(tmp_path):
         worker = threading.Thread(target=lambda: result.update(answer=post_original(nginx_port)))
         started = time.monotonic()
         worker.start()
-        time.sleep(1.5)  # the request is now inside gunicorn, waiting on the 5 s placeholder model
+        # The started record is written just before the model call: then the request is inside gunicorn,
+        # waiting on the 5 s placeholder model.
+        give_up = time.monotonic() + 10
+        while not list(data_dir.glob("000/111/.requests/*.started.json")):
+            assert time.monotonic() < give_up, "the request never reached the model"
+            time.sleep(0.05)
         gunicorn.send_signal(signal.SIGTERM)
         worker.join(timeout=60)
         status, _, body = result["answer"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from openapi_spec_validator import validate
+
+pytestmark = pytest.mark.unit
 
 
 def test_openapi_document_is_valid_and_covers_every_route(app, client):

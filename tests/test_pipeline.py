@@ -17,6 +17,8 @@ from image_generation import GenerationRequest, ModerationLabel, Pipeline, Pipel
 from tests.fakes import FakeModel, FakeScreener, MemoryStore
 from web.problems import status_of
 
+pytestmark = pytest.mark.unit
+
 REQUEST = GenerationRequest(prompt="red porsche", output_folder="000/111", file_name_prefix="porsche_image",
                             width=512, height=512)
 
@@ -107,10 +109,9 @@ def test_pipeline_rejects_an_image_of_the_wrong_size(executor):
 def test_pipeline_answers_504_at_the_deadline_and_reports_only_stored_keys(executor):
     model = FakeModel(latency=1.0)
     pipeline, _, store = make(executor, model, deadline_seconds=0.3)
-    started = time.monotonic()
     with pytest.raises(DeadlineExceeded) as caught:
         pipeline.run(REQUEST, "r")
-    assert time.monotonic() - started < 0.9
+    assert model.in_flight > 0  # answered at the deadline, while the model still works
     assert all(key in store.objects for key in caught.value.extra["images"])
 
 

@@ -9,6 +9,16 @@ import pytest
 
 from generation.processing_gate import ProcessingGate
 
+pytestmark = pytest.mark.unit
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    """Poll until another thread has made `condition` true."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "timed out waiting for another thread"
+        time.sleep(0.005)
+
 
 def test_gate_never_lets_more_than_its_slots_in():
     gate, inside, peak, lock = ProcessingGate(3), [0], [0], threading.Lock()
@@ -40,7 +50,7 @@ def test_gate_serves_the_earliest_deadline_first():
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.05)
+    wait_until(lambda: gate.busy == 1)
 
     def wait_for(deadline):
         """Record the deadline on getting the slot, then free it."""
@@ -48,9 +58,9 @@ def test_gate_serves_the_earliest_deadline_first():
             order.append(deadline)
 
     threads = [threading.Thread(target=wait_for, args=(d,)) for d in (30.0, 10.0, 20.0)]
-    for thread in threads:
+    for queued, thread in enumerate(threads, start=1):
         thread.start()
-        time.sleep(0.05)  # all three are queued before the slot frees
+        wait_until(lambda n=queued: gate.waiting == n)  # all three are queued before the slot frees
     release.set()
     holder.join()
     for thread in threads:

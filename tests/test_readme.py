@@ -1,7 +1,11 @@
 """The README tells the truth about settings and set-up."""
 
 
+import pytest
+
 from scripts.settings_table import README, render
+
+pytestmark = pytest.mark.unit
 
 
 def test_readme_settings_table_matches_settings_py():

@@ -29,6 +29,8 @@ from standins.aws_standin import (
     adler32_combine,
 )
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1})
 AWS_ENV = {

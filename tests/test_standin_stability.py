@@ -34,6 +34,8 @@ EOL_INVOKE = (
 )
 INVALID_ID = "The provided model identifier is invalid."
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def aws_env(monkeypatch):

@@ -10,6 +10,8 @@ from image_generation import spec_for
 from web.problems import status_of
 from web.request_schema import parse_generation_request
 
+pytestmark = pytest.mark.unit
+
 GOOD = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}
 
 

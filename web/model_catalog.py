@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import format_datetime
 
 from flask import Response
@@ -84,4 +85,4 @@ def add_sunset_headers(response: Response, result: GenerationResult, chain: Mode
         response.headers["Deprecation"] = f"@{int(min(since).timestamp())}"
     ends = [lc.end_of_life_time for lc in legacy if lc.end_of_life_time]
     if ends:
-        response.headers["Sunset"] = format_datetime(min(ends), usegmt=True)
+        response.headers["Sunset"] = format_datetime(min(ends).astimezone(UTC), usegmt=True)
