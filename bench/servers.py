@@ -216,6 +216,7 @@ def start_ours(repo: Path, venv_bin: Path, run_dir: Path, bucket: str, standin_u
         "AIG_S3_BUCKET": bucket,
         "AIG_MODERATION": "rekognition",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": standin_url,
+        "AWS_ENDPOINT_URL_BEDROCK": standin_url,  # GetFoundationModel (lifecycle), asked at start-up
         "AWS_ENDPOINT_URL_REKOGNITION": standin_url,
         "AWS_ENDPOINT_URL_S3": s3_url,
     })

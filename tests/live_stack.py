@@ -118,6 +118,7 @@ def start_live_stack(tmp_path: Path, *, standin_flags=(), **aig_env: str) -> Liv
     boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket=bucket)
     env = {**AWS_DUMMY, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": standin_url, "AWS_ENDPOINT_URL_REKOGNITION": standin_url,
+           "AWS_ENDPOINT_URL_BEDROCK": standin_url,
            "AWS_ENDPOINT_URL_S3": s3_url, "AIG_MODEL": "bedrock", "AIG_STORE": "s3", "AIG_MODERATION": "rekognition",
            "AIG_S3_BUCKET": bucket, "AIG_LOG_LEVEL": "warning", **aig_env}
     port = free_port()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
+from generation.model_registry import BEDROCK_PROFILES
 from settings import Settings
 from tests.servers import (
     GUNICORN_CONF,
@@ -302,7 +303,7 @@ def test_iam_policy_allows_only_the_three_services():
     for statement in policy["Statement"]:
         listed = statement["Action"]
         actions.update([listed] if isinstance(listed, str) else listed)
-    assert actions == {"bedrock:InvokeModel", "s3:PutObject", "s3:GetObject", "s3:ListBucket",
+    assert actions == {"bedrock:InvokeModel", "bedrock:GetFoundationModel", "s3:PutObject", "s3:GetObject", "s3:ListBucket",
                        "s3:DeleteObject", "rekognition:DetectModerationLabels"}
 
 
@@ -316,9 +317,11 @@ def test_iam_policy_scopes_each_resource():
         resources = [statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"]
         for action in actions:
             allowed.setdefault(action, set()).update(resources)
-    assert allowed["bedrock:InvokeModel"] == {
-        "arn:aws:bedrock:${REGION}::foundation-model/amazon.titan-image-generator-v2:0",
-        "arn:aws:bedrock:${REGION}::foundation-model/amazon.nova-canvas-v1:0"}
+    # Every model of the registry, each in the region it is called in (Stability: us-west-2 only), and
+    # lifecycle questions about exactly those.
+    expected = {f"arn:aws:bedrock:{'us-west-2' if p.family == 'stability' else '${REGION}'}::foundation-model/"
+                f"{p.model_id}" for p in BEDROCK_PROFILES}
+    assert allowed["bedrock:InvokeModel"] == expected == allowed["bedrock:GetFoundationModel"]
     assert allowed["rekognition:DetectModerationLabels"] == {"*"}
     for action in ("s3:PutObject", "s3:GetObject", "s3:ListBucket"):
         for resource in allowed[action]:
