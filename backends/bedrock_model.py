@@ -159,14 +159,20 @@ def amazon_body(spec: ImageSpec) -> dict:
     }
 
 
-def decode_image(raw: bytes) -> bytes:
-    """The one image of a 200 answer, base64-decoded once; ContentFiltered when the answer carries an error."""
+def _json_object(raw: bytes) -> dict:
+    """A model's answer as a JSON object; ModelFailed when it is not one."""
     try:
         answer = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as error:
         raise ModelFailed("Bedrock answered with a body that is not JSON") from error
     if not isinstance(answer, dict):
         raise ModelFailed("Bedrock answered with JSON that is not an object")
+    return answer
+
+
+def decode_image(raw: bytes) -> bytes:
+    """The one image of a 200 answer, base64-decoded once; ContentFiltered when the answer carries an error."""
+    answer = _json_object(raw)
     if answer.get("error"):
         raise ContentFiltered(f"the model's content filter blocked the generated image: {answer['error']}")
     return _one_image(answer.get("images"))
@@ -174,12 +180,7 @@ def decode_image(raw: bytes) -> bytes:
 
 def decode_stability(raw: bytes) -> bytes:
     """The one image of a Stability answer; a non-null finish reason is a filter (400) or a model failure."""
-    try:
-        answer = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ModelFailed("Bedrock answered with a body that is not JSON") from error
-    if not isinstance(answer, dict):
-        raise ModelFailed("Bedrock answered with JSON that is not an object")
+    answer = _json_object(raw)
     reasons = answer.get("finish_reasons") or [None]
     reason = reasons[0]
     if isinstance(reason, str) and reason.startswith(STABILITY_FILTER_PREFIX):

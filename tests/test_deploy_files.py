@@ -303,8 +303,8 @@ def test_iam_policy_allows_only_the_three_services():
     for statement in policy["Statement"]:
         listed = statement["Action"]
         actions.update([listed] if isinstance(listed, str) else listed)
-    assert actions == {"bedrock:InvokeModel", "bedrock:GetFoundationModel", "s3:PutObject", "s3:GetObject", "s3:ListBucket",
-                       "s3:DeleteObject", "rekognition:DetectModerationLabels"}
+    assert actions == {"bedrock:InvokeModel", "bedrock:GetFoundationModel", "s3:PutObject", "s3:GetObject",
+                       "s3:ListBucket", "s3:DeleteObject", "rekognition:DetectModerationLabels"}
 
 
 def test_iam_policy_scopes_each_resource():

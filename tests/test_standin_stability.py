@@ -22,10 +22,12 @@ from standins.aws_standin import (
     STABLE_IMAGE_CORE,
     STABLE_IMAGE_ULTRA,
     TITAN_V2,
-    StandinServer,
     input_image_size,
     parse_knobs,
 )
+
+# The same in-process server fixtures as the Titan/Nova stand-in tests (pytest finds them by name).
+from tests.test_standin import fresh_standin, standin  # noqa: F401
 
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1})
 OREGON = "us-west-2"
@@ -33,7 +35,6 @@ EOL_INVOKE = (
     "This model version has reached the end of its life. Please refer to the AWS documentation for more details."
 )
 INVALID_ID = "The provided model identifier is invalid."
-
 pytestmark = pytest.mark.integration
 
 
@@ -46,20 +47,6 @@ def aws_env(monkeypatch):
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
-
-
-@pytest.fixture(scope="module")
-def standin():
-    """One in-process server for the module; flat images keep the tests fast."""
-    server = StandinServer("127.0.0.1", 0, png_kind="flat").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_standin(standin):
-    """Every test starts with zeroed stats and start-up knobs."""
-    standin.reset()
 
 
 @pytest.fixture
