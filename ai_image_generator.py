@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -11,14 +10,15 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from generation.errors import InvalidRequest, ServiceError
+from generation.errors import ServiceError
 from keyadmin.cli import keys as keys_cli
 from services import Services, build_services
-from settings import Settings
+from settings import Settings, unknown_names
 from web.access import install_access
 from web.client_address import install_proxy_fix
 from web.cors import install_cors
 from web.idempotency import Replay, fingerprint
+from web.json_body import read_json_object
 from web.logging_setup import install_logging
 from web.manifest import render_manifest
 from web.metrics import install_metrics
@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None)}
     if settings.offline:
         log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")
+    for name in unknown_names():
+        log.warning("%s is set but no setting has that name (misspelled? see the README's configuration table)",
+                    name)
     app.before_request(_assign_request_id)
     app.after_request(_stamp_request_id)
     install_request_timing(app)
@@ -150,14 +153,10 @@ def readyz():
     return json_response({"status": "ready", "model_id": chain.default_id, "models": lifecycles})
 
 
-def _read_json_body():
+def _read_json_body() -> dict:
     # Read as JSON whatever the Content-Type says: the original README's curl line sends
     # application/x-www-form-urlencoded, and those callers must keep working.
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest([{"field": "body", "message": "must be a JSON object"}]) from None
+    return read_json_object(request.get_data(cache=False))
 
 
 def generate_images():

@@ -205,9 +205,26 @@ class Settings:
         return tuple(dict.fromkeys(ids))
 
     @property
+    def uses_aws(self) -> bool:
+        """True when some backend talks to AWS (and so needs a region and credentials)."""
+        return self.model == "bedrock" or self.store == "s3" or self.moderation == "rekognition"
+
+    @property
     def offline(self) -> bool:
         """True when the pictures are placeholders."""
         return self.model == "placeholder"
+
+
+# AIG_* names read elsewhere than this class (gunicorn's config, the test suite, the benchmark).
+OTHER_NAMES = frozenset({"AIG_BIND", "AIG_WORKERS", "AIG_THREADS", "AIG_WORKER_TMP_DIR", "AIG_REQUIRE_TOOLS",
+                         "AIG_REQUIRE_DEPLOY_TOOLS", "AIG_REQUIRE_REDIS", "AIG_SOAK_SECONDS"})
+
+
+def unknown_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The AIG_* variables that no part of the service reads: most likely misspelled."""
+    environ = os.environ if environ is None else environ
+    known = {PREFIX + f.name.upper() for f in fields(Settings)} | OTHER_NAMES
+    return sorted(name for name in environ if name.startswith(PREFIX) and name not in known)
 
 
 def settings_table() -> str:

@@ -17,8 +17,54 @@ them); everything else is fixed here on purpose.
 
 import os
 
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def _refuse(message):
+    """Stop start-up with one line naming the setting (gunicorn would show a traceback)."""
+    raise SystemExit(f"ai-image-generator will not start: {message}")
+
+
+def _count(name, default, high):
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        _refuse(f"{name} must be a whole number from 1 to {high}, not {raw!r}")
+    if not 1 <= value <= high:
+        _refuse(f"{name} must be a whole number from 1 to {high}, not {value}")
+    return value
+
+
+def _checked_bind(raw):
+    """AIG_BIND as host:port (or unix:/path); a public address gets a loud warning, never a trusted proxy."""
+    import ipaddress
+    import sys
+
+    if raw.startswith("unix:"):
+        return raw
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        _refuse(f"AIG_BIND must be host:port with a port from 1 to 65535 (e.g. 127.0.0.1:8080), not {raw!r}")
+    host = host.strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK_NAMES
+    if not loopback:
+        if os.environ.get("AIG_TRUST_PROXY", "").strip().lower() in ("1", "true", "yes", "on"):
+            # Without nginx in front, any caller could write X-Forwarded-For and pick the address its
+            # rate limit is counted under.
+            _refuse(f"AIG_TRUST_PROXY=1 trusts X-Forwarded-For, which is safe only behind the one proxy on "
+                    f"this host; AIG_BIND={raw} faces the network. Bind to 127.0.0.1 behind nginx.")
+        print(f"WARNING: AIG_BIND={raw} faces the network without nginx in front: slow clients can hold "
+              f"every gunicorn thread, and nothing limits floods. Bind to 127.0.0.1 behind the nginx site "
+              f"in deploy/nginx.", file=sys.stderr)
+    return raw
+
+
 # Loopback only: nginx is the one door in; gunicorn never faces the network itself.
-bind = os.environ.get("AIG_BIND", "127.0.0.1:8080")
+bind = _checked_bind(os.environ.get("AIG_BIND", "127.0.0.1:8080"))
 
 # Requests wait 10-60 s on Bedrock/S3/Rekognition I/O, so threads, not processes, carry
 # the concurrency. Measured with bench/ (2 cores, 100 simultaneous requests at a 20 s model
@@ -31,11 +77,11 @@ worker_class = "gthread"
 
 # 2 = one process per core of the target host (2 vCPU); the CPU work per request (PNG
 # checks, a blur when flagged) is small next to the waiting.
-workers = int(os.environ.get("AIG_WORKERS", "2"))
+workers = _count("AIG_WORKERS", "2", 64)
 
 # 64 request threads per process: they mostly sleep while the app's own bounded pool
 # (AIG_MODEL_CONCURRENCY) runs the model calls, so 2 x 64 = 128 requests in flight per host.
-threads = int(os.environ.get("AIG_THREADS", "64"))
+threads = _count("AIG_THREADS", "64", 1024)
 
 # Worker heartbeat, not a request limit: a gthread worker's main loop notifies the
 # arbiter about once a second whatever its request threads are doing, so this only
@@ -103,8 +149,12 @@ def on_starting(server):
         settings = Settings.from_env()
         if settings.api_keys_file:
             read_keys(settings.api_keys_file)  # a broken keys file stops start-up, not each worker
+        if settings.uses_aws:
+            from backends.aws_clients import session
+
+            session()  # no region: one line naming AWS_REGION here, not a traceback in every worker
     except (SettingsError, KeyFileError) as error:
-        raise SystemExit(f"ai-image-generator will not start: {error}") from None
+        _refuse(error)
     _use_private_metrics_dir(server)
     # Imported only now: prometheus_client picks its multiprocess mode when first imported.
     from web.metrics import wipe_multiproc_dir

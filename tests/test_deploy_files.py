@@ -27,6 +27,8 @@ from tests.servers import (
     nginx_command,
     require_tool,
     rewrite_site,
+    start_gunicorn,
+    stop,
     write_nginx_conf,
 )
 
@@ -137,6 +139,41 @@ def test_gunicorn_refuses_to_start_with_a_bad_setting_before_binding():
     assert result.returncode != 0
     assert "AIG_MODEL must be one of" in output
     assert "Listening at" not in output and "Booting worker" not in output
+
+
+def run_gunicorn(**aig) -> tuple[int, str]:
+    """Run gunicorn with only these AIG_* settings (plus the test's AWS stand-in-free environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIG_", "AWS_"))}
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true")
+    env.update({"AIG_BIND": f"127.0.0.1:{free_port()}", **aig})
+    result = subprocess.run([*gunicorn_command()], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("aig", "words"), [
+    ({"AIG_MODEL": "bedrock"}, "no AWS region is configured: set AWS_REGION"),
+    ({"AIG_BIND": "127.0.0.1:80800"}, "AIG_BIND must be host:port with a port from 1 to 65535"),
+    ({"AIG_WORKERS": "0"}, "AIG_WORKERS must be a whole number from 1 to 64, not 0"),
+    ({"AIG_THREADS": "many"}, "AIG_THREADS must be a whole number from 1 to 1024, not 'many'"),
+    ({"AIG_BIND": "0.0.0.0:8080", "AIG_TRUST_PROXY": "1"}, "AIG_TRUST_PROXY=1 trusts X-Forwarded-For"),
+])
+def test_gunicorn_refuses_a_bad_start_up_in_one_line_naming_the_variable(aig, words):
+    code, output = run_gunicorn(**aig)
+    assert code != 0 and words in output, output
+    assert "Traceback" not in output and "Booting worker" not in output
+
+
+def test_a_misspelled_setting_is_warned_about_and_a_public_bind_loudly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIG_")}
+    env.update(AIG_MODL="bedrock", AIG_DATA_DIR=str(tmp_path), AIG_WORKERS="1")
+    port = free_port()
+    proc = start_gunicorn(env, port, tmp_path / "gunicorn.log")
+    stop(proc)
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "AIG_MODL is set but no setting has that name" in log
+    code, output = run_gunicorn(AIG_BIND="0.0.0.0:1", AIG_WORKERS="0")  # warns, then refuses the workers
+    assert "faces the network without nginx in front" in output
 
 
 # --- nginx --------------------------------------------------------------------------

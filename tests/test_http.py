@@ -180,3 +180,25 @@ def test_the_default_settings_run_offline_with_no_environment():
     settings = Settings.from_env({})
     assert settings.offline and settings.store == "filesystem" and settings.moderation == "off"
     assert os.path.basename(settings.data_dir) == "images"
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    (b'{"prompt": "red porsche", "output_folder": "000/111",}', "is not valid JSON: Expecting property name "
+                                                                 "enclosed in double quotes at line 1 column 54"),
+    (b"prompt=red+porsche&output_folder=000%2F111", "It looks like a form"),
+    (b'["prompt"]', "must be a JSON object, not an array"),
+    (b"", "is empty"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b"[" * 32_000 + b"]" * 32_000, "nested too deeply"),
+])
+def test_a_body_that_is_no_json_object_says_where_and_what_is_expected(client, data_dir, raw, words):
+    response = client.post("/generate_images", data=raw)
+    assert response.status_code == 400
+    error = response.get_json()["errors"][0]
+    assert error["field"] == "body" and words in error["message"], error["message"]
+    assert list(data_dir.rglob("*")) == []
+
+
+def test_json_answers_end_with_a_newline(client):
+    assert client.get("/healthz").data.endswith(b"}\n")
+    assert client.post("/generate_images", data=b"[]").data.endswith(b"}\n")

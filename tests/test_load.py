@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import threading
@@ -12,6 +14,8 @@ import pytest
 import requests
 
 from tests.live_stack import start_live_stack, tree_pids, tree_rss_bytes
+
+pytestmark = pytest.mark.live
 
 SAME_PLACE = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image",
               "width": 512, "height": 512}
@@ -43,31 +47,153 @@ def test_sixteen_simultaneous_requests_for_the_same_place_get_64_distinct_keys(s
     assert set(keys) == object_keys(stack)
 
 
-def test_a_worker_killed_mid_request_leaves_the_others_serving(stack):
-    master = stack.gunicorn.pid
-    workers = [pid for pid in tree_pids(master) if pid != master]
-    assert len(workers) == 2
-    outcomes: list = []
+# The API's default count: each request asks the model for 4 images, one InvokeModel call each.
+IMAGES_PER_REQUEST = 4
+# The killed-worker test's model latency: ample time to see all its requests waiting on the model.
+HELD_SECONDS = 5.0
 
-    def call():
+
+def wait_for(condition, what: str, timeout: float = 60.0):
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(0.02)
+
+
+def server_sockets(port: int) -> dict[int, tuple[str, int]]:
+    """inode -> (TCP state, remote port) of every IPv4 socket whose local port is `port`, from /proc/net/tcp."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                found[inode] = (state, int(remote.rsplit(":", 1)[1], 16))
+    return found
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """fd -> what it points at (e.g. "socket:[123]"), for a live process."""
+    targets = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            outcomes.append(requests.post(stack.base + "/generate_images", json=SAME_PLACE, timeout=60))
-        except requests.RequestException as error:
-            outcomes.append(error)
+            targets[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+    return targets
 
-    callers = [threading.Thread(target=call) for _ in range(8)]
-    for caller in callers:
-        caller.start()
-    time.sleep(0.8)  # every call is now waiting on the 2 s model
-    os.kill(workers[0], signal.SIGKILL)
-    for caller in callers:
-        caller.join()
-    answered = [o for o in outcomes if isinstance(o, requests.Response)]
-    assert all(r.status_code == 200 for r in answered)
-    assert answered, "the surviving worker's requests must complete"
-    for response in answered:
-        assert set(response.json()["images"]) <= object_keys(stack)
+
+def client_ports_held(pid: int, port: int) -> set[int]:
+    """The client ports of the established connections to `port` that process `pid` has accepted."""
+    sockets = server_sockets(port)
+    held = set()
+    for target in open_fds(pid).values():
+        if target.startswith("socket:["):
+            state, remote_port = sockets.get(int(target[8:-1]), ("", 0))
+            if state == "01":  # ESTABLISHED
+                held.add(remote_port)
+    return held
+
+
+def accepting(pid: int, port: int) -> bool:
+    """True once the worker has booted the app and polls the listening socket (it is in the worker's epoll set)."""
+    sockets = server_sockets(port)
+    fds = open_fds(pid)
+    listeners = {fd for fd, target in fds.items()
+                 if target.startswith("socket:[") and sockets.get(int(target[8:-1]), ("",))[0] == "0A"}
+    for fd, target in fds.items():
+        if target == "anon_inode:[eventpoll]":
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    polled = {int(line.split()[1]) for line in info if line.startswith("tfd:")}
+            except OSError:
+                continue
+            if polled & listeners:
+                return True
+    return False
+
+
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn master's worker processes."""
+    return [pid for pid in tree_pids(master) if pid != master]
+
+
+class Call:
+    """One POST /generate_images on its own connection, opened now so its client port is known."""
+
+    def __init__(self, base: str):
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.connection.connect()
+        self.port = self.connection.sock.getsockname()[1]
+        self.outcome: tuple[int, dict] | Exception | None = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        try:
+            self.connection.request("POST", "/generate_images", body=json.dumps(SAME_PLACE),
+                                    headers={"Content-Type": "application/json"})
+            response = self.connection.getresponse()
+            self.outcome = (response.status, json.loads(response.read()))
+        except (OSError, http.client.HTTPException) as error:
+            self.outcome = error
+        finally:
+            self.connection.close()
+
+
+def calls_accepted_by(worker: int, others: list[int], stack, count: int) -> list[Call]:
+    """`count` calls whose connections `worker` has accepted: the other workers are paused while it takes them."""
+    port = int(stack.base.rsplit(":", 1)[1])
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        calls = [Call(stack.base) for _ in range(count)]
+        wait_for(lambda: {c.port for c in calls} <= client_ports_held(worker, port),
+                 f"worker {worker} accepting {count} connections")
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+    return calls
+
+
+def test_a_worker_killed_mid_request_leaves_the_others_serving(stack):
+    master, port = stack.gunicorn.pid, int(stack.base.rsplit(":", 1)[1])
+
+    def both_accepting():
+        pids = worker_pids(master)
+        return pids if len(pids) == 2 and all(accepting(pid, port) for pid in pids) else None
+
+    # /healthz answering (start_gunicorn) means one worker is up; the other may still be importing the app.
+    victim, survivor = wait_for(both_accepting, "both workers accepting")
+    # The kernel hands each connection to whichever worker accepts first, so left alone all 8 can land on
+    # one worker (then either none or all are lost); pausing the other while each takes its 4 spreads them.
+    usual_latency = requests.get(stack.standin + "/_standin/config", timeout=5).json()["latency"]
+    stack.configure_standin(latency=HELD_SECONDS)
+    doomed = calls_accepted_by(victim, [survivor], stack, 4)
+    spared = calls_accepted_by(survivor, [victim], stack, 4)
+    for call in doomed + spared:
+        call.thread.start()
+    wait_for(lambda: stack.standin_stats()["in_flight"] == 8 * IMAGES_PER_REQUEST,
+             "all 8 requests waiting on the model")
+    os.kill(victim, signal.SIGKILL)
+    stack.configure_standin(latency=usual_latency)
+    for call in doomed + spared:
+        call.thread.join()
+
+    # The victim's requests lose their connection; the survivor's all complete, with their images stored.
+    assert all(isinstance(call.outcome, Exception) for call in doomed), [call.outcome for call in doomed]
+    assert [call.outcome[0] for call in spared] == [200] * 4, [call.outcome for call in spared]
+    stored = object_keys(stack)
+    for call in spared:
+        assert set(call.outcome[1]["images"]) <= stored
     # The master replaces the dead worker; new requests are all served.
+    replaced = wait_for(both_accepting, "a new worker in the killed one's place")
+    assert victim not in replaced and survivor in replaced
     after = [requests.post(stack.base + "/generate_images", json=SAME_PLACE, timeout=60) for _ in range(3)]
     assert [r.status_code for r in after] == [200] * 3
 

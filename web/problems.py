@@ -35,7 +35,8 @@ def status_of(code: str) -> int:
 
 def json_response(payload, status: int = 200, content_type: str = "application/json") -> Response:
     """A JSON answer."""
-    return Response(json.dumps(payload), status=status, content_type=content_type)
+    # A final newline, so a shell prompt does not stick to curl's output.
+    return Response(json.dumps(payload) + "\n", status=status, content_type=content_type)
 
 
 def problem_body(status: int, title: str, detail: str, code: str, **extra) -> dict:
