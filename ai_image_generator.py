@@ -8,7 +8,7 @@ import time
 import uuid
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from generation.errors import ServiceError
 from keyadmin.cli import keys as keys_cli
@@ -17,6 +17,7 @@ from settings import Settings, unknown_names
 from web.access import install_access
 from web.client_address import install_proxy_fix
 from web.cors import install_cors
+from web.cross_site import install_cross_site_guard
 from web.idempotency import Replay, fingerprint
 from web.json_body import read_json_object
 from web.logging_setup import install_logging
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.before_request(_assign_request_id)
     app.after_request(_stamp_request_id)
     install_request_timing(app)
+    install_cross_site_guard(app, settings)
     install_access(app, settings)
     install_rate_limits(app, settings)
     install_cors(app, settings)
@@ -143,7 +145,9 @@ def readyz():
                 if check:
                     check()
             except Exception as error:  # noqa: BLE001 - any failure means not ready
-                failure = f"{name}: {error}"
+                # The details (paths, bucket names, endpoints) go to the log, not to an open route.
+                log.warning("not ready: %s: %s", name, error)
+                failure = f"the {name} is not ready; the service log says why"
                 break
         state["ready"] = (time.monotonic(), failure)
     if failure:
@@ -156,7 +160,11 @@ def readyz():
 def _read_json_body() -> dict:
     # Read as JSON whatever the Content-Type says: the original README's curl line sends
     # application/x-www-form-urlencoded, and those callers must keep working.
-    return read_json_object(request.get_data(cache=False))
+    raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= _settings().max_body_bytes:
+        # A chunked body is cut at the limit rather than refused: whatever was cut off, it was too large.
+        raise RequestEntityTooLarge()
+    return read_json_object(raw)
 
 
 def generate_images():
@@ -165,12 +173,14 @@ def generate_images():
     body = _read_json_body()
     profile, named = choose_profile(body, _services().models)
     generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
-                                          root_prefix=_services().store.key_prefix, named=named)
+                                          root_prefix=_services().store.key_prefix, named=named,
+                                          reserved_prefix=settings.quarantine_prefix)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
         return _answer(_run(generation))
     keys = _services().idempotency
-    claim = keys.begin(idempotency_key, g.get("api_key_name", ""), fingerprint(body), g.request_id)
+    # Scoped by the key itself, not its name: a name revoked and issued again is another caller.
+    claim = keys.begin(idempotency_key, g.get("api_key_id", ""), fingerprint(body), g.request_id)
     if isinstance(claim, Replay):
         g.replayed = True
         response = json_response(claim.body, claim.status, "application/json" if claim.status == 200 else PROBLEM_JSON)
@@ -203,8 +213,20 @@ def _run(generation) -> dict:
     services = _services()
     result = services.pipeline.run(generation, g.request_id)
     g.generation = result  # the access log, metrics and Server-Timing read this, not the JSON
-    base_url = _settings().public_base_url.rstrip("/") or request.host_url.rstrip("/")
-    return render_manifest(result, services.store, base_url)
+    return render_manifest(result, services.store, _public_base_url())
+
+
+def _public_base_url() -> str:
+    """Where this service is reached: AIG_PUBLIC_BASE_URL, else the request's host if it is an allowed one.
+
+    A Host header is the caller's to write; reflected into URLs (and kept in idempotent replays) it
+    would let anyone point another caller's links elsewhere. An unknown host gets a relative URL.
+    """
+    settings = _settings()
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    host = request.host if request.host.endswith("]") else request.host.rsplit(":", 1)[0]
+    return request.host_url.rstrip("/") if host in settings.allowed_hosts else ""
 
 
 def openapi():
@@ -230,5 +252,11 @@ def image(key: str):
         return problem(404, "Not Found", "no such image", "not_found")
     response = Response(data, content_type="image/png")
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    if _settings().api_keys_file:
+        # Fetched with a key: no shared cache may keep it and hand it to callers without one.
+        response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
+        response.headers["Vary"] = "Authorization, X-API-Key, Origin"
+    else:
+        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        response.headers["Vary"] = "Origin"  # CORS headers differ by Origin
     return response

@@ -58,7 +58,7 @@ def build_store(settings: Settings) -> ImageStore:
         from backends.s3_store import S3Store
         return S3Store.from_settings(settings)
     from backends.filesystem_store import FilesystemStore
-    return FilesystemStore(settings.data_dir)
+    return FilesystemStore(settings.data_dir, private_prefix=settings.quarantine_prefix)
 
 
 def build_screener(settings: Settings) -> Screener:

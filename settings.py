@@ -139,7 +139,13 @@ class Settings:
     placeholder_latency_seconds: float = _setting(0.0, _number("PLACEHOLDER_LATENCY_SECONDS", float, 0.0, 600.0),
                                                   "Simulated model time of the placeholder model.")
     public_base_url: str = _setting("", _text,
-                                    "Base URL put before `/images/<key>` in offline answers (default: the request's).")
+                                    "Base URL put before `/images/<key>` in offline answers, e.g. "
+                                    "`https://images.example.com` (the installer sets it); empty: the request's "
+                                    "host when AIG_ALLOWED_HOSTS has it, else a relative URL.")
+    allowed_hosts: tuple[str, ...] = _setting(("localhost", "127.0.0.1", "[::1]"), _csv,
+                                              "Host names whose requests may shape offline image URLs when "
+                                              "AIG_PUBLIC_BASE_URL is empty (a Host header is the caller's to "
+                                              "write).")
     log_level: str = _setting("info", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")),
                               "Log level.")
     api_keys_file: str = _setting("", _text,

@@ -15,8 +15,10 @@ class FilesystemStore:
     # Keys are paths under the root as they are: nothing is put before them.
     key_prefix = ""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, private_prefix: str = ""):
         self.root = Path(root).resolve()
+        # Never served at /images/ (the quarantine of flagged originals), judged on the resolved path.
+        self.private_prefix = private_prefix
 
     def path_for(self, key: str) -> Path:
         """The file of `key`, refusing anything that would land outside the root."""
@@ -63,11 +65,21 @@ class FilesystemStore:
             raise StoreFailed(f"could not delete {key!r}: {error.strerror}") from error
 
     def published(self, key: str) -> bytes | None:
-        """The bytes of a published image at `key`; None when absent, hidden or not a file."""
+        """The bytes of a published image at `key`: a PNG file of the store, not hidden, not private; else None.
+
+        Judged on the resolved path, so a symlink cannot lead into the quarantine or out of the folder.
+        """
         try:
-            hidden = any(part.startswith(".") for part in self.path_for(key).relative_to(self.root).parts)
-            return None if hidden else self.get(key)
-        except StoreFailed:  # outside the store, a folder, or unreadable: not an image to serve
+            path = self.path_for(key)
+        except StoreFailed:
+            return None
+        relative = path.relative_to(self.root).as_posix()
+        if path.suffix != ".png" or any(part.startswith(".") for part in relative.split("/")) \
+                or (self.private_prefix and relative.startswith(self.private_prefix)):
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:  # absent, a folder, or unreadable: not an image to serve
             return None
 
     def address(self, key: str, base_url: str) -> dict[str, str]:

@@ -78,6 +78,9 @@ if [ -e "${ENV_DIR}/aig.env" ]; then
     echo "${ENV_DIR}/aig.env exists; left as it is (compare with ${APP_DIR}/deploy/env/aig.env.example)"
 else
     run install -m 0640 -o root -g "${APP_USER}" "${SRC_DIR}/deploy/env/aig.env.example" "${ENV_DIR}/aig.env"
+    # Image URLs are built from this, never from a Host header a caller wrote (README, security notes).
+    public_url="${AIG_PUBLIC_BASE_URL:-http://$(hostname -f 2>/dev/null || hostname)}"
+    run sed -i "s|^AIG_PUBLIC_BASE_URL=\$|AIG_PUBLIC_BASE_URL=${public_url}|" "${ENV_DIR}/aig.env"
 fi
 
 step "6/9 systemd unit ${UNIT}"

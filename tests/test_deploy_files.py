@@ -227,7 +227,8 @@ def test_nginx_site_never_retries_and_limits_generation():
     assert re.search(r"^limit_req_zone \$aig_generate_limit_key zone=aig_generate:\S+ rate=\d+r/[sm];", text, re.M)
     for status in ("413", "429", "502", "504"):
         assert re.search(rf"^\s*error_page [\d ]*\b{status}\b[\d ]* @", text, re.M), status
-    assert text.count("default_type application/problem+json;") == 4
+    # 400/494, 414, 413, 429, 502, 504: every answer nginx makes itself is a JSON problem.
+    assert text.count("default_type application/problem+json;") == 6
     assert "proxy_set_header X-Request-ID      $aig_request_id;" in text
     assert "rid=$aig_request_id" in text
 
@@ -305,6 +306,13 @@ def test_systemd_unit_runs_gunicorn_as_deployed():
     assert unit_setting("ProtectSystem") == ["strict"]
     assert "ai-image-generator" in unit_setting("StateDirectory")[0].split()
     assert "AIG_DATA_DIR=/var/lib/ai-image-generator/images" in unit_setting("Environment")
+
+
+def test_systemd_unit_bounds_memory_and_tasks():
+    assert unit_setting("MemoryMax") == ["2G"] and unit_setting("MemoryHigh") == ["1536M"]
+    # Two workers of 64 request threads and AIG_MODEL_CONCURRENCY (256) model threads each must fit.
+    workers, threads = 2, 64 + Settings.from_env({}).model_concurrency
+    assert int(unit_setting("TasksMax")[0]) > workers * threads
 
 
 # --- the time-out ladder --------------------------------------------------------------

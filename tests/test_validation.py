@@ -102,7 +102,8 @@ def test_validation_reports_every_bad_field_at_once():
 
 
 def test_validation_counts_the_root_prefix_in_the_key_length():
-    folder, prefix = "f" * 780, "p" * 200
+    folder, prefix = "/".join(["f" * 255] * 3 + ["f" * 12]), "p" * 200  # 780 characters in 255-byte segments
+    assert len(folder) == 780
     parse(output_folder=folder, file_name_prefix=prefix)
     with pytest.raises(InvalidRequest):
         parse_generation_request({**GOOD, "output_folder": folder, "file_name_prefix": prefix}, TITAN_V2,

@@ -7,7 +7,7 @@ from functools import partial
 
 from flask import Flask, Response, g, request
 
-from keyadmin.api_keys import KeyFileError, KeyRing
+from keyadmin.api_keys import KeyFileError, KeyRing, digest
 from settings import Settings, SettingsError
 from web.problems import problem
 
@@ -65,6 +65,7 @@ def _require_key(ring: KeyRing) -> Response | None:
         return _unauthorized("invalid_api_key", "the API key is not valid (unknown or revoked)",
                              REALM + ', error="invalid_token"')
     g.api_key_name = name
+    g.api_key_id = digest(key)  # who the caller is, for scoping their Idempotency-Keys
     return None
 
 

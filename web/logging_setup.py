@@ -7,6 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+import click
 from flask import Flask, Response, g, has_request_context, request
 
 from settings import Settings
@@ -48,24 +49,27 @@ class RequestIdFilter(logging.Filter):
 
 
 class StdoutHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever sys.stdout is at the time (test runners swap it)."""
+    """A stream handler that writes to whatever sys.stdout (or sys.stderr) is at the time (test runners swap it)."""
+
+    to_stderr = False
 
     @property
     def stream(self):
-        """The current sys.stdout."""
-        return sys.stdout
+        """The current sys.stdout, or sys.stderr for a command whose stdout is its answer."""
+        return sys.stderr if self.to_stderr else sys.stdout
 
     @stream.setter
     def stream(self, _value) -> None:
         pass
 
 
-def configure_logging(level: str = "info") -> None:
-    """Send every log record to stdout as JSON; calling it again replaces, never duplicates, the handler."""
+def configure_logging(level: str = "info", *, to_stderr: bool = False) -> None:
+    """Send every log record to stdout (or stderr) as JSON; calling it again replaces, never duplicates, the handler."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, StdoutHandler)]:
         root.removeHandler(handler)
     handler = StdoutHandler()
+    handler.to_stderr = to_stderr
     handler.setFormatter(JsonFormatter())
     # On the handler, not a logger: logger filters do not see records propagated from child loggers.
     handler.addFilter(RequestIdFilter())
@@ -75,7 +79,9 @@ def configure_logging(level: str = "info") -> None:
 
 def install_logging(app: Flask, settings: Settings) -> None:
     """Configure JSON logging and write one access line for every request the app answers."""
-    configure_logging(settings.log_level)
+    # Under a `flask` command (e.g. `keys add`), stdout is the command's answer: `KEY=$(...)` must
+    # capture the key alone, so the log goes to stderr there.
+    configure_logging(settings.log_level, to_stderr=click.get_current_context(silent=True) is not None)
     app.after_request(_access_line)
 
 

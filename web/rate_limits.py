@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -52,7 +53,20 @@ def install_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
 def limit_key() -> str:
     """Whose budget a request spends: its API key's name, else its client address."""
     name = g.get("api_key_name")
-    return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
+    return f"key:{name}" if name else f"addr:{client_network(request.remote_addr or 'unknown')}"
+
+
+def client_network(address: str) -> str:
+    """An IPv4 address as it is; an IPv6 address as its /64, which one subscriber usually holds whole."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)  # ::ffff:192.0.2.1 is an IPv4 caller
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def _exempt() -> bool:

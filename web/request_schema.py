@@ -37,9 +37,12 @@ MAX_FOLDER, MAX_PREFIX = 780, 200
 MAX_SIDE = 100_000
 # Letters, digits, '-', '_', '.' only: safe in S3 keys, file names and URLs alike.
 SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
-_SEGMENT = r"(?!\.\.?(/|$))[A-Za-z0-9._-]+"
+# A segment never begins with '.': dot names ('.', '..', '.requests', '.idempotency') are the service's
+# own. At most 255 bytes, a file system's limit on one name.
+MAX_SEGMENT = 255
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}"  # 1 + 254 = MAX_SEGMENT
 FOLDER_PATTERN = f"^{_SEGMENT}(/{_SEGMENT})*$"
-PREFIX_PATTERN = f"^{_SEGMENT}$"
+PREFIX_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 # Some non-space character, and no control character but tab, newline and carriage return.
 TEXT_PATTERN = r"^(?=[\s\S]*\S)[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$"
 # Every field some model takes: one another model lacks is named as such, not as unknown.
@@ -150,7 +153,7 @@ def json_schema(profile: ModelProfile, default: bool) -> dict:
 
 
 def parse_generation_request(body, profile: ModelProfile, *, default_quality: str, root_prefix: str = "",
-                             named: bool = False) -> GenerationRequest:
+                             named: bool = False, reserved_prefix: str = "") -> GenerationRequest:
     """Check `body` against the API and the model's limits; raise InvalidRequest naming each bad field.
 
     `named`: the caller chose this model in the body's `model` field (else it is the default).
@@ -163,6 +166,9 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
     except ValidationError as error:
         raise InvalidRequest(_messages(error, body, profile, model)) from None
     errors = []
+    if reserved_prefix and f"{checked.output_folder}/".startswith(reserved_prefix):
+        errors.append({"field": "output_folder", "message": f"'{reserved_prefix.rstrip('/')}' is reserved for "
+                                                            f"quarantined originals (AIG_QUARANTINE_PREFIX)"})
     key_bytes = len(f"{root_prefix}{checked.output_folder}/{checked.file_name_prefix}".encode()) + KEY_SUFFIX_BYTES
     if key_bytes > MAX_KEY_BYTES:
         errors.append({"field": "output_folder", "message": f"folder and prefix make keys of {key_bytes} bytes; "
@@ -212,6 +218,8 @@ def _message(item: dict, field: str, body: dict, profile: ModelProfile, model: t
             return "must be a non-empty string"
         if kind == "string_too_long":
             return f"must be at most {MAX_PREFIX} characters"
+        if value.startswith("."):
+            return "must not begin with '.' (such names are hidden and never served)"
         return "may hold only letters, digits, '-', '_' and '.', with no '/'"
     if field in ("count", "seed", "width", "height"):
         low, high = _bounds(model, field)
@@ -239,8 +247,13 @@ def _folder_message(kind: str, value) -> str:
         return "must not start with '/'"
     if kind == "string_too_long":
         return f"must be at most {MAX_FOLDER} characters"
-    if any(segment in ("", ".", "..") for segment in value.split("/")):
+    segments = value.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
         return "must not contain empty, '.' or '..' segments"
+    if any(segment.startswith(".") for segment in segments):
+        return "segments must not begin with '.' (such names are the service's own)"
+    if any(len(segment) > MAX_SEGMENT for segment in segments):
+        return f"each segment may be at most {MAX_SEGMENT} characters"
     return "segments may hold only letters, digits, '-', '_' and '.', joined by '/'"
 
 
