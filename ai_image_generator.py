@@ -10,8 +10,9 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from admin.keys_cli import keys as keys_cli
+from admin.records_cli import records as records_cli
 from generation.errors import ServiceError
-from keyadmin.cli import keys as keys_cli
 from services import Services, build_services
 from settings import Settings, unknown_names
 from web.access import install_access
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_cors(app, settings)
     install_metrics(app, settings)
     app.cli.add_command(keys_cli)
+    app.cli.add_command(records_cli)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -109,8 +109,13 @@ class ImageStore(Protocol):
     # What the store puts before every key (it counts toward S3's 1024-byte key limit).
     key_prefix: str
 
-    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png") -> None:
-        """Store `data` at `key` unless the key exists (then raise KeyExists)."""
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png",
+                kind: str = "") -> None:
+        """Store `data` at `key` unless the key exists (then raise KeyExists).
+
+        `kind` names the service's own documents ("request-record", "idempotency") so a retention
+        rule can find them (an S3 object tag); images have none and are kept.
+        """
 
     def get(self, key: str) -> bytes | None:
         """The bytes at `key`, or None when absent."""

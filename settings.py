@@ -146,6 +146,10 @@ class Settings:
                                               "Host names whose requests may shape offline image URLs when "
                                               "AIG_PUBLIC_BASE_URL is empty (a Host header is the caller's to "
                                               "write).")
+    record_retention_days: int = _setting(
+        30, _number("RECORD_RETENTION_DAYS", int, 1, 3650),
+        "Days a request's record is kept: `flask --app wsgi records prune` offline; in S3 the bucket's "
+        "lifecycle rule (deploy/s3/lifecycle.json, the same 30 days) expires them.")
     log_level: str = _setting("info", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")),
                               "Log level.")
     api_keys_file: str = _setting("", _text,

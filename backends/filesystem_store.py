@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 from generation.errors import KeyExists, StoreFailed
@@ -27,8 +28,9 @@ class FilesystemStore:
             raise StoreFailed(f"key {key!r} falls outside the store")
         return path
 
-    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png") -> None:
-        """Write `data` at `key` atomically; KeyExists if the file is already there (metadata is not kept)."""
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png",
+                kind: str = "") -> None:
+        """Write `data` at `key` atomically; KeyExists if the file is already there (metadata and kind not kept)."""
         path = self.path_for(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,19 @@ class FilesystemStore:
             self.path_for(key).unlink(missing_ok=True)
         except OSError as error:
             raise StoreFailed(f"could not delete {key!r}: {error.strerror}") from error
+
+    def prune(self, hidden_folder: str, older_than_seconds: float) -> int:
+        """Delete the JSON documents in every `hidden_folder` (e.g. `.requests`) older than that; how many went."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self.root.rglob(f"{hidden_folder}/*.json"):
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # pruned by another process meanwhile
+        return removed
 
     def published(self, key: str) -> bytes | None:
         """The bytes of a published image at `key`: a PNG file of the store, not hidden, not private; else None.

@@ -15,6 +15,7 @@ CONFLICT_ATTEMPTS = 4
 CONFLICT_BACKOFF_SECONDS = 0.1
 SSE_HEADER_VALUES = {"aes256": "AES256", "aws:kms": "aws:kms"}
 DEFAULT_URL_SECONDS = 900
+KIND_TAG = "aig-kind"
 
 
 class S3Store:
@@ -41,13 +42,17 @@ class S3Store:
         """The S3 key of a store key: the configured prefix before it."""
         return self.key_prefix + key
 
-    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png") -> None:
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "image/png",
+                kind: str = "") -> None:
         """Upload `data` at `key` unless an object is there (KeyExists); StoreFailed if S3 would not take it."""
+        # The service's own documents carry a tag the bucket's lifecycle rule expires them by
+        # (deploy/s3/lifecycle.json); images carry none and are kept.
+        tagging = {"Tagging": f"{KIND_TAG}={kind}"} if kind else {}
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data,
                                        ContentType=content_type, IfNoneMatch="*", Metadata=metadata,
-                                       **self.extra_args)
+                                       **tagging, **self.extra_args)
                 return
             except ClientError as error:
                 if _is_conflict(error) and attempt < CONFLICT_ATTEMPTS:

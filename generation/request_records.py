@@ -12,6 +12,7 @@ from generation.errors import KeyExists, ServiceError, StoreFailed
 
 log = logging.getLogger("ai_image_generator.records")
 RECORD_FOLDER = ".requests"  # hidden: the image route never serves a dot segment
+RECORD_KIND = "request-record"
 
 
 class RequestRecords:
@@ -28,15 +29,21 @@ class RequestRecords:
         for candidate in (base, f"{base}-{secrets.token_hex(4)}", f"{base}-{secrets.token_hex(8)}"):
             try:
                 self.store.put_new(candidate + ".started.json", _encode(document), {"request-id": request_id},
-                                   content_type="application/json")
-                return candidate
+                                   content_type="application/json", kind=RECORD_KIND)
             except KeyExists:
                 # A caller reused a request id: keep both records, under a new name.
                 continue
+            if self.store.get(candidate + ".json") is None:
+                return candidate
+            # An earlier request with this id has ended (its started record is gone): a new name.
+            self.store.delete(candidate + ".started.json")
         raise StoreFailed(f"no free name for the record of request {request_id}")
 
     def finish(self, record_key: str, request_id: str, model_id: str, request, results, outcome: str) -> None:
-        """Write the final record: every image's key, seed, verdict or error. Never raises."""
+        """Write the final record (every image's key, seed, verdict or error), then drop the started one.
+
+        One record per request once it ends. Never raises.
+        """
         document = {
             "request_id": request_id, "status": outcome, "model_id": model_id, "finished_at": time.time(),
             "parameters": asdict(request),
@@ -44,10 +51,16 @@ class RequestRecords:
         }
         try:
             self.store.put_new(record_key + ".json", _encode(document), {"request-id": request_id},
-                               content_type="application/json")
+                               content_type="application/json", kind=RECORD_KIND)
         except (KeyExists, ServiceError) as error:
             # The images are stored and the caller has its answer; a missing record must not undo that.
+            # The started record stays, so the request is still on file.
             log.error("request %s: could not write its record %s.json: %s", request_id, record_key, error)
+            return
+        try:
+            self.store.delete(record_key + ".started.json")
+        except ServiceError as error:
+            log.warning("request %s: its started record stays beside the final one: %s", request_id, error)
 
 
 def _image_entry(result) -> dict:

@@ -57,7 +57,7 @@ class MemoryStore:
         self.fail = fail
         self.lock = threading.Lock()
 
-    def put_new(self, key: str, data: bytes, metadata: dict, content_type: str = "image/png") -> None:
+    def put_new(self, key: str, data: bytes, metadata: dict, content_type: str = "image/png", kind: str = "") -> None:
         if self.fail:
             raise self.fail
         with self.lock:

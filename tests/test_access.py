@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from keyadmin.api_keys import KeyFileError, add_key, digest, read_keys
+from admin.api_keys import KeyFileError, add_key, digest, read_keys
 from settings import SettingsError
 
 pytestmark = pytest.mark.unit

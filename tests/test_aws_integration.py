@@ -6,6 +6,7 @@ Every test checks what landed in the bucket, not only the answer.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -14,6 +15,7 @@ import requests
 from PIL import Image, ImageStat
 
 from generation.png import png_size
+from tests.servers import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -113,9 +115,11 @@ def test_readyz_is_ready_against_moto_and_the_stand_in(aws_app):
     assert response.status_code == 200 and response.get_json()["model_id"] == TITAN
 
 
-def test_readyz_is_not_ready_without_the_bucket(aws_app):
+def test_readyz_is_not_ready_without_the_bucket(aws_app, caplog):
     response = aws_app(AIG_S3_BUCKET="no-such-bucket-here").client.get("/readyz")
-    assert response.status_code == 503 and "NoSuchBucket" in response.get_json()["detail"]
+    assert response.status_code == 503 and "store" in response.get_json()["detail"]
+    assert "no-such-bucket-here" not in response.get_data(as_text=True)  # names stay in the log
+    assert any("NoSuchBucket" in record.getMessage() for record in caplog.records)
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -299,3 +303,19 @@ def test_one_unscreenable_image_is_left_out(aws_app, standin, s3, bucket):
     assert len(manifest["images"]) == 3
     assert [e["code"] for e in manifest["errors"]] == ["screening_failed"]
     assert keys_in(s3, bucket) == sorted(manifest["images"])
+
+
+def test_one_tagged_record_per_request_and_a_lifecycle_rule_that_expires_it(aws_app, standin, s3, bucket):
+    made = aws_app()
+    manifest = post(made).get_json()
+    records = [key for key in all_keys(s3, bucket) if "/.requests/" in key]
+    assert records == [manifest["record"]]  # the started record went once the final one was in
+    tags = s3.get_object_tagging(Bucket=bucket, Key=manifest["record"])["TagSet"]
+    assert tags == [{"Key": "aig-kind", "Value": "request-record"}]
+    for key in manifest["images"]:
+        assert s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] == []  # images are kept
+    rules = json.loads((REPO / "deploy" / "s3" / "lifecycle.json").read_text())
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=rules)
+    by_tag = {r["Filter"]["Tag"]["Value"]: r["Expiration"]["Days"]
+              for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert by_tag == {"request-record": made.settings.record_retention_days, "idempotency": 2}

@@ -348,8 +348,8 @@ def test_iam_policy_allows_only_the_three_services():
     for statement in policy["Statement"]:
         listed = statement["Action"]
         actions.update([listed] if isinstance(listed, str) else listed)
-    assert actions == {"bedrock:InvokeModel", "bedrock:GetFoundationModel", "s3:PutObject", "s3:GetObject",
-                       "s3:ListBucket", "s3:DeleteObject", "rekognition:DetectModerationLabels"}
+    assert actions == {"bedrock:InvokeModel", "bedrock:GetFoundationModel", "s3:PutObject", "s3:PutObjectTagging",
+                       "s3:GetObject", "s3:ListBucket", "s3:DeleteObject", "rekognition:DetectModerationLabels"}
 
 
 def test_iam_policy_scopes_each_resource():
@@ -372,8 +372,9 @@ def test_iam_policy_scopes_each_resource():
         for resource in allowed[action]:
             assert resource.startswith("arn:aws:s3:::${BUCKET}"), resource
     assert allowed["s3:GetObject"] == {"arn:aws:s3:::${BUCKET}/${PREFIX}*"}
-    # The only deletes are of idempotency claims, never of images.
-    assert allowed["s3:DeleteObject"] == {"arn:aws:s3:::${BUCKET}/${PREFIX}.idempotency/*"}
+    # The only deletes are of idempotency claims and started records, never of images.
+    assert allowed["s3:DeleteObject"] == {"arn:aws:s3:::${BUCKET}/${PREFIX}.idempotency/*",
+                                          "arn:aws:s3:::${BUCKET}/${PREFIX}*/.requests/*.started.json"}
 
 
 def test_iam_placeholders_are_documented():

@@ -11,7 +11,7 @@ import sys
 import pytest
 import requests
 
-from keyadmin.api_keys import add_key, revoke_key
+from admin.api_keys import add_key, revoke_key
 from tests.servers import NGINX_SITE, REPO, free_port, require_tool, start_gunicorn, start_nginx, stop
 
 pytestmark = pytest.mark.live

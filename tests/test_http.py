@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 
 import pytest
 from PIL import Image
@@ -42,7 +43,8 @@ def test_generate_images_answers_the_original_curl_line(client, data_dir):
     record = json.loads((data_dir / manifest["record"]).read_text())
     assert record["status"] == "complete" and record["parameters"]["prompt"] == "red porsche"
     assert [i["key"] for i in record["images"]] == manifest["images"]
-    assert (data_dir / manifest["record"].replace(".json", ".started.json")).exists()
+    # One record per request once it ends: the started record is gone.
+    assert [p.name for p in (data_dir / "000/111/.requests").iterdir()] == [manifest["record"].rsplit("/", 1)[1]]
 
 
 def test_generate_images_says_the_pictures_are_placeholders(client):
@@ -202,3 +204,16 @@ def test_a_body_that_is_no_json_object_says_where_and_what_is_expected(client, d
 def test_json_answers_end_with_a_newline(client):
     assert client.get("/healthz").data.endswith(b"}\n")
     assert client.post("/generate_images", data=b"[]").data.endswith(b"}\n")
+
+
+def test_records_prune_drops_old_records_and_keeps_recent_ones(make_app, data_dir):
+    app = make_app(record_retention_days=7)
+    client = app.test_client()
+    old = client.post("/generate_images", data=CURL_BODY).get_json()["record"]
+    recent = client.post("/generate_images", data=CURL_BODY).get_json()["record"]
+    month_ago = time.time() - 30 * 86400
+    os.utime(data_dir / old, (month_ago, month_ago))
+    result = app.test_cli_runner().invoke(args=["records", "prune"])
+    assert result.exit_code == 0 and "pruned 1 request record" in result.output
+    assert not (data_dir / old).exists() and (data_dir / recent).exists()
+    assert len(images_under(data_dir)) == 8  # images are never pruned

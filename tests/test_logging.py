@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from keyadmin.api_keys import add_key
+from admin.api_keys import add_key
 from tests.fakes import FakeModel
 from web.logging_setup import StdoutHandler, configure_logging
 

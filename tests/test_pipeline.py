@@ -191,11 +191,22 @@ def test_pipeline_keeps_late_images_and_records_them_after_a_504(executor):
 
 
 def test_pipeline_records_every_request_that_reached_the_model(executor):
-    pipeline, _, store = make(executor, FakeModel(errors=[ModelThrottled("x")] * 4))
+    store = MemoryStore()
+
+    class RecordChecker(FakeModel):
+        """Sees, at the paid call, what the store holds."""
+
+        def start(self, spec, deadline):
+            self.started_record = store.get("000/111/.requests/rid.started.json")
+            return super().start(spec, deadline)
+
+    model = RecordChecker(errors=[ModelThrottled("x")] * 4)
+    pipeline, _, _ = make(executor, model, store)
     with pytest.raises(ModelThrottled):
         pipeline.run(REQUEST, "rid")
-    started = json.loads(store.get("000/111/.requests/rid.started.json"))
+    started = json.loads(model.started_record)  # written before the first paid call
     assert started["status"] == "started" and started["parameters"]["prompt"] == "red porsche"
+    assert store.get("000/111/.requests/rid.started.json") is None  # one record once it ends
     final = json.loads(store.get("000/111/.requests/rid.json"))
     assert final["status"] == "failed"
     assert [i["error"]["code"] for i in final["images"]] == ["model_throttled"] * 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keyadmin.api_keys import add_key
+from admin.api_keys import add_key
 from tests.servers import free_port
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ from functools import partial
 
 from flask import Flask, Response, g, request
 
-from keyadmin.api_keys import KeyFileError, KeyRing, digest
+from admin.api_keys import KeyFileError, KeyRing, digest
 from settings import Settings, SettingsError
 from web.problems import problem
 

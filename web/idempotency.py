@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from generation.errors import IdempotencyConflict, IdempotencyMismatch, InvalidRequest, KeyExists
 
 FOLDER = ".idempotency"  # hidden: never served as an image
+KIND = "idempotency"  # the store's tag for these documents, which a retention rule expires
 # Printable ASCII without spaces at the ends, as in the IETF Idempotency-Key draft's examples.
 KEY_PATTERN = re.compile(r"[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?")
 # Answers worth replaying: a manifest, or a 504 whose images are still being kept. Anything else
@@ -58,7 +59,7 @@ class IdempotencyKeys:
         for _ in range(2):
             try:
                 self.store.put_new(claim.object_key + ".claim.json", _encode(document), {"request-id": request_id},
-                                   content_type="application/json")
+                                   content_type="application/json", kind=KIND)
                 return claim
             except KeyExists:
                 pass
@@ -81,7 +82,7 @@ class IdempotencyKeys:
         """Keep the answer for replays, or release the key when the attempt bought nothing."""
         if status in REPLAYED_STATUSES:
             self.store.put_new(claim.object_key + ".answer.json", _encode({"status": status, "body": body}), {},
-                               content_type="application/json")
+                               content_type="application/json", kind=KIND)
         else:
             self.store.delete(claim.object_key + ".claim.json")
 

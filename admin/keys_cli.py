@@ -6,7 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from keyadmin.api_keys import KeyFileError, add_key, read_keys, revoke_key
+from admin.api_keys import KeyFileError, add_key, read_keys, revoke_key
 
 keys = AppGroup("keys", help="Manage API keys (stored hashed in AIG_API_KEYS_FILE).")
 

@@ -1,0 +1,1 @@
+"""Operator commands: API keys (the hashed key file, `flask keys`) and `flask records prune`."""

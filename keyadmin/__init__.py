@@ -1,1 +1,0 @@
-"""API-key administration: the hashed key file and the `flask keys` commands."""
