@@ -6,13 +6,17 @@ import hashlib
 import io
 import random
 import textwrap
+import threading
 import time
 
 from PIL import Image, ImageDraw, ImageFont
 
+from backends.placeholder_fonts import CaptionFont
 from generation.errors import ModelTimeout
 from generation.model_registry import PLACEHOLDER, PLACEHOLDER_MODEL_ID
 from image_generation import ImageSpec
+
+_thread_fonts = threading.local()
 
 
 class PlaceholderModel:
@@ -56,9 +60,17 @@ def draw_placeholder(prompt: str, seed: int, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+def caption_font(size: int) -> CaptionFont:
+    """This thread's caption font of that size (FreeType faces are not shared between threads)."""
+    fonts = _thread_fonts.__dict__.setdefault("by_size", {})
+    if size not in fonts:
+        fonts[size] = CaptionFont(size)
+    return fonts[size]
+
+
 def _draw_caption(draw: ImageDraw.ImageDraw, prompt: str, seed: int, width: int, height: int) -> None:
     big = ImageFont.load_default(size=max(12, width // 12))
-    small = ImageFont.load_default(size=max(10, width // 36))
+    small = caption_font(max(10, width // 36))
     band_top = height * 5 // 8
     draw.rectangle((0, band_top, width, height), fill=(0, 0, 0))
     draw.text((width // 24, band_top + height // 48), "PLACEHOLDER", font=big, fill=(255, 255, 255))
@@ -67,5 +79,5 @@ def _draw_caption(draw: ImageDraw.ImageDraw, prompt: str, seed: int, width: int,
     line_height = int(small.size * 1.3)
     y = band_top + height // 48 + int(big.size * 1.3)
     for line in lines:
-        draw.text((width // 24, y), line, font=small, fill=(230, 230, 230))
+        small.draw(draw, (width // 24, y), line, fill=(230, 230, 230))
         y += line_height

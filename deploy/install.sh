@@ -35,9 +35,11 @@ if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-step "1/9 apt packages: python3-venv, nginx, rsync, curl"
+step "1/9 apt packages: python3-venv, nginx, rsync, curl, fonts"
 run apt-get update -q
-run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv nginx rsync curl
+# The fonts: offline placeholder captions in any script (backends/placeholder_fonts.py).
+run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv nginx rsync curl \
+    fonts-dejavu-core fonts-droid-fallback fonts-unifont
 
 step "2/9 system user ${APP_USER}"
 if getent passwd "${APP_USER}" >/dev/null; then

@@ -15,6 +15,7 @@ from generation.errors import ContentFiltered, DeadlineExceeded, KeyExists, Mode
 from generation.png import png_size
 from image_generation import GenerationRequest, ModerationLabel, Pipeline, PipelineConfig, ScreeningOff
 from tests.fakes import FakeModel, FakeScreener, MemoryStore
+from tests.servers import missing
 from web.problems import status_of
 
 pytestmark = pytest.mark.unit
@@ -247,3 +248,22 @@ def test_pipeline_finishes_at_most_its_processing_slots_of_images_at_once(execut
     result = pipeline.run(GenerationRequest(**{**REQUEST.__dict__, "count": 5}), "r")
     assert len(result.stored) == 5
     assert model.max_in_flight == 5 and screener.peak == 2
+
+
+def test_placeholder_captions_draw_any_script_as_text():
+    from backends.placeholder_fonts import FONT_FILES, CaptionFont, installed_fonts
+
+    if len(installed_fonts()) < len(FONT_FILES):
+        missing("the caption fonts are not installed (apt-get install fonts-dejavu-core fonts-droid-fallback "
+                "fonts-unifont)")
+    font = CaptionFont(20)
+    prompt = "猫が窓辺で眠る 한국어 고양이 кошка у окна قطة red cat"
+    assert all(font.font_for(char) is not font.fallback for char in prompt if not char.isspace())
+    assert len(font.runs(prompt)) > 3  # several scripts, several fonts, one line
+
+
+def test_seeds_given_near_the_top_of_the_range_wrap_round(executor):
+    pipeline, _, _ = make(executor)
+    request = GenerationRequest(**{**REQUEST.__dict__, "seed": 2_147_483_646, "count": 2,
+                                   "seed_range": (0, 2_147_483_646)})
+    assert [r.seed for r in pipeline.run(request, "r").stored] == [2_147_483_646, 0]
