@@ -142,7 +142,7 @@ def on_starting(server):
     Workers import the app only after the fork, so without this a bad value would surface as a
     worker boot loop; here it stops start-up with the setting's own message instead.
     """
-    from keyadmin.api_keys import KeyFileError, read_keys
+    from admin.api_keys import KeyFileError, read_keys
     from settings import Settings, SettingsError  # the service folder is on sys.path (gunicorn chdir)
 
     try:
