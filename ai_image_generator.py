@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from admin.keys_cli import keys as keys_cli
 from admin.records_cli import records as records_cli
 from generation.errors import ServiceError
+from generation.model_registry import TEXT_TO_IMAGE
 from services import Services, build_services
 from settings import Settings, unknown_names
 from web.access import install_access
@@ -24,7 +25,14 @@ from web.json_body import read_json_object
 from web.logging_setup import install_logging
 from web.manifest import render_manifest
 from web.metrics import install_metrics
-from web.model_catalog import add_sunset_headers, choose_profile, lifecycle_json, models_document, profile_of
+from web.model_catalog import (
+    add_sunset_headers,
+    choose_profile,
+    lifecycle_json,
+    models_document,
+    profile_of,
+    task_profiles,
+)
 from web.openapi import openapi_document
 from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
@@ -234,7 +242,7 @@ def _public_base_url() -> str:
 def openapi():
     """The OpenAPI 3.1 document, with the limits of every model this service offers."""
     chain = _services().models
-    profiles = [profile_of(chain, m) for m in chain.offered()]
+    profiles = task_profiles(chain, TEXT_TO_IMAGE)
     return json_response(openapi_document(profiles, api_keys=bool(_settings().api_keys_file)))
 
 

@@ -22,7 +22,7 @@ from generation.errors import (
     StoreFailed,
 )
 from generation.model_chain import ModelChain
-from generation.model_registry import ModelProfile
+from generation.model_registry import TEXT_TO_IMAGE, ModelProfile
 from generation.png import blur_png, png_size
 from generation.processing_gate import ProcessingGate
 from generation.request_records import RequestRecords
@@ -54,6 +54,11 @@ class GenerationRequest:
     model_id: str | None = None  # the model the caller named; None: the default and its fallbacks
     aspect_ratio: str | None = None  # asked directly (ratio models); else taken from width x height
     seed_range: tuple[int, int] = (0, MAX_SEED)  # the checked model's seeds; seed + i wraps within it
+    task: str = TEXT_TO_IMAGE
+    params: tuple[tuple[str, object], ...] = ()  # the task's own fields, checked (e.g. ("similarity", 0.7))
+    inputs: tuple[tuple[str, bytes], ...] = ()  # checked input images as PNG, e.g. ("image", ...), ("mask", ...)
+    source: str | None = None  # where the input image came from: its key, or "upload:<digest>"
+    candidates: tuple[str, ...] = ()  # an edit's models to try, in order (none: the model chain's)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,18 @@ class ImageSpec:
     cfg_scale: float | None
     seed: int
     aspect_ratio: str | None = None  # set for models that take a ratio; the size then comes from the PNG
+    task: str = TEXT_TO_IMAGE
+    params: tuple[tuple[str, object], ...] = ()
+    inputs: tuple[tuple[str, bytes], ...] = ()
+    exact_size: bool = True  # the model must answer width x height; else the PNG says what it made
+
+    def param(self, name: str, default=None):
+        """One of the task's own fields."""
+        return dict(self.params).get(name, default)
+
+    def input(self, name: str) -> bytes | None:
+        """One of the input images (PNG bytes)."""
+        return dict(self.inputs).get(name)
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ class GenerationResult:
     record: str
     results: tuple[ImageResult, ...]
     placeholder: bool = False
+    task: str = TEXT_TO_IMAGE
+    source: str | None = None  # an edit's input image: its key, or "upload:sha256:<digest>"
 
     @property
     def stored(self) -> list[ImageResult]:
@@ -254,7 +273,7 @@ class Pipeline:
         deadline = time.monotonic() + self.config.deadline_seconds
         results = [ImageResult(i, seed, request.width, request.height)
                    for i, seed in enumerate(self.plan_seeds(request))]
-        asked_model = request.model_id or self.models.default_id
+        asked_model = request.model_id or (request.candidates or (self.models.default_id,))[0]
         # The started record goes in before any paid call: if the store cannot take it, stop here.
         record_key = self.records.begin(request, request_id, asked_model)
         tracker = _Completion(len(results), lambda outcome: self.records.finish(
@@ -278,7 +297,7 @@ class Pipeline:
         self.records.finish(record_key, request_id, asked_model, request, results, outcome)
         made_by = next((r.model_id for r in results if r.key), asked_model)
         result = GenerationResult(request_id, made_by, record_key + ".json", tuple(results),
-                                  self.models.models[made_by].placeholder)
+                                  self.models.models[made_by].placeholder, request.task, request.source)
         if not result.stored:
             cause = _main_cause([r.error for r in result.failed])
             cause.result = result
@@ -316,12 +335,13 @@ class Pipeline:
         A model Bedrock refuses as retired, unknown or not granted is remembered and passed over for a
         while; any other failure (content filter, throttling, a time-out) is the image's own and ends it.
         """
-        chain = self.models.chain(request.model_id)
+        chain = [self.models.models[m] for m in request.candidates] or self.models.chain(request.model_id)
         for model in chain:
             result.model_id = model.model_id
             reason = self.models.unusable(model.model_id) or unfit_reason(model.profile, request)
             if reason is None:
                 spec = spec_for(model.profile, request, result.seed)
+                result.seed = spec.seed  # the seed actually sent, so the manifest can be reproduced
                 try:
                     return spec, self._timed(result, "model", model.start, spec, deadline)
                 except ModelUnavailable as error:
@@ -338,12 +358,14 @@ class Pipeline:
         """Read, check, screen and store one answer (inside a processing slot)."""
         png = self._timed(result, "model", read_answer)  # reading the answer is the model's time too
         size = png_size(png)
-        if spec.aspect_ratio is None and size != (spec.width, spec.height):
+        if spec.exact_size and size != (spec.width, spec.height):
             raise ModelFailed(f"the model returned an image of {size} instead of {spec.width}x{spec.height}")
         # A ratio model picks the pixel size itself (AWS does not document it): the PNG says what it made.
         result.width, result.height = size
         result.moderation = self._timed(result, "screening", self.screener.screen, png)
         metadata = {"request-id": request_id, "seed": str(result.seed), "model-id": result.model_id}
+        if request.task != TEXT_TO_IMAGE:
+            metadata["task"] = request.task
         if result.moderation.verdict == "flagged":
             png = self._quarantine(request, png, metadata, result)
         result.key = self._timed(result, "store", self._store_new, request, png, metadata)
@@ -388,12 +410,17 @@ def unfit_reason(profile: ModelProfile | None, request: GenerationRequest) -> st
     return None
 
 
+# Tasks whose output size the request names (the others follow their input image).
+SIZED_TASKS = frozenset({TEXT_TO_IMAGE, "variation", "color_guided", "condition"})
+
+
 def spec_for(profile: ModelProfile | None, request: GenerationRequest, seed: int) -> ImageSpec:
     """One model call for `request`, in the terms the model takes: its size or ratio, its knobs only."""
     width, height, ratio = request.width, request.height, None
-    if profile is not None and profile.aspect_ratios:
+    sized = request.task in SIZED_TASKS and (profile is None or bool(profile.sizes))
+    if profile is not None and profile.aspect_ratios and request.task == TEXT_TO_IMAGE:
         ratio = request.aspect_ratio or profile.ratio_for(width, height)
-    elif profile is not None and (width, height) not in profile.sizes:
+    elif sized and profile is not None and (request.aspect_ratio or (width, height) not in profile.sizes):
         # A fallback from a ratio model, or a size this model lacks: its nearest size in shape.
         shape = request.aspect_ratio.split(":") if request.aspect_ratio else (width, height)
         width, height = profile.fits_size(int(shape[0]), int(shape[1]))
@@ -402,7 +429,11 @@ def spec_for(profile: ModelProfile | None, request: GenerationRequest, seed: int
            profile.default_cfg_scale if profile is not None else None) if takes else None
     quality = request.quality if profile is None or profile.quality else None
     negative = request.negative_prompt if profile is None or profile.negative_prompt else None
-    return ImageSpec(request.prompt, negative, width, height, quality, cfg, seed, ratio)
+    if profile is not None and not profile.min_seed <= seed <= profile.max_seed:
+        # A fallback model with another seed range (Stability's 0 means "random"): the nearest seed it takes.
+        seed = profile.min_seed + (seed - profile.min_seed) % (profile.max_seed - profile.min_seed + 1)
+    return ImageSpec(request.prompt, negative, width, height, quality, cfg, seed, ratio, request.task,
+                     request.params, request.inputs, exact_size=sized and ratio is None)
 
 
 class _Completion:

@@ -6,6 +6,7 @@ import binascii
 import json
 import logging
 import random
+import re
 import socket
 import time
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import pybase64
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
+from backends.bedrock_bodies import request_body
 from generation.errors import (
     ContentFiltered,
     InvalidRequest,
@@ -35,6 +37,7 @@ STABILITY_FILTER_PREFIX = "Filter reason"
 # How Bedrock words a retired or unknown model when it does not answer 403/404.
 LIFECYCLE_MARKERS = ("end of life", "end of its life", "legacy", "model identifier is invalid")
 # Back-off between throttled attempts: doubling from BASE, capped, half of it jittered.
+ARN = re.compile(r"arn:aws[\w-]*:[^\s,;)]*")
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -75,7 +78,7 @@ class BedrockModel:
 
     def start(self, spec: ImageSpec, deadline: float):
         """Invoke the model, retrying throttling only while an attempt can still finish; return its reader."""
-        body = json.dumps(request_body(spec, self.profile.family)).encode()
+        body = json.dumps(request_body(spec, self.profile)).encode()
         # The first attempt always goes: the pipeline starts no image once the deadline has passed.
         attempt = 1
         while True:
@@ -109,7 +112,7 @@ class BedrockModel:
         """The answer's image; the whole body is read, so the connection goes back to the pool."""
         try:
             raw = response["body"].read()
-            return decode_stability(raw) if self.profile.family == "stability" else decode_image(raw)
+            return decode_image(raw) if self.profile.family == "amazon" else decode_stability(raw)
         except BotoCoreError as error:
             raise self._transport_error(error, "reading its answer") from error
 
@@ -128,35 +131,6 @@ class BedrockModel:
             socket.create_connection((url.hostname, port), timeout=CHECK_TIMEOUT_SECONDS).close()
         except OSError as error:
             raise ModelBusy(f"cannot connect to Bedrock Runtime at {url.hostname}:{port}: {error}") from error
-
-
-def request_body(spec: ImageSpec, family: str = "amazon") -> dict:
-    """The model family's text-to-image body, one image per call."""
-    if family == "stability":
-        return stability_body(spec)
-    return amazon_body(spec)
-
-
-def stability_body(spec: ImageSpec) -> dict:
-    """Stability's body (SD3.5, Core, Ultra): prompt, ratio, seed, PNG out (wave2-reference.md B 1.2-1.4)."""
-    body = {"prompt": spec.prompt, "aspect_ratio": spec.aspect_ratio or "1:1", "seed": spec.seed,
-            "output_format": "png"}
-    if spec.negative_prompt:
-        body["negative_prompt"] = spec.negative_prompt
-    return body
-
-
-def amazon_body(spec: ImageSpec) -> dict:
-    """The TEXT_IMAGE body; Titan v2 and Nova Canvas take the same one."""
-    text_params = {"text": spec.prompt}
-    if spec.negative_prompt:
-        text_params["negativeText"] = spec.negative_prompt
-    return {
-        "taskType": "TEXT_IMAGE",
-        "textToImageParams": text_params,
-        "imageGenerationConfig": {"numberOfImages": 1, "width": spec.width, "height": spec.height,
-                                  "quality": spec.quality, "cfgScale": spec.cfg_scale, "seed": spec.seed},
-    }
 
 
 def _json_object(raw: bytes) -> dict:
@@ -236,8 +210,9 @@ def translate(error: ClientError, model_id: str):
 
 
 def unavailable_detail(model_id: str, code: str, message: str) -> str:
-    """What the operator must change when Bedrock refuses the model itself."""
-    detail = f"Bedrock refused model {model_id} ({code}: {message})."
+    """What the operator must change when Bedrock refuses the model itself (no account or role names)."""
+    # AccessDenied messages name the caller's role ARN; answers and /models must not show it.
+    detail = f"Bedrock refused model {model_id} ({code}: {ARN.sub('<arn>', message)})."
     profile = profile_for(model_id)
     if profile is not None and profile.end_of_life_date:
         return (f"{detail} {profile.name} reached end of life on {profile.end_of_life_date}: set "

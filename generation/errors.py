@@ -96,5 +96,17 @@ class IdempotencyMismatch(ServiceError):
     code = "idempotency_key_reused"
 
 
+class InputFlagged(ServiceError):
+    """An edit's input image was flagged by screening; nothing was sent to a model."""
+
+    code = "input_flagged"
+
+
+class SourceNotFound(ServiceError):
+    """A source_key names no published image of the store (absent, private, or not an image)."""
+
+    code = "source_not_found"
+
+
 class KeyExists(Exception):
     """The store already holds this key; the caller picks another."""

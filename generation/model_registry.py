@@ -6,6 +6,11 @@ import math
 from dataclasses import dataclass, field
 
 TEXT_TO_IMAGE = "text_to_image"
+# The editing tasks of POST /edit_images (issue 12), each done by the models whose profile lists it.
+EDIT_TASKS = ("variation", "inpaint", "outpaint", "search_replace", "recolor", "erase", "remove_background",
+              "upscale", "color_guided", "condition", "style")
+AMAZON_TASKS = frozenset({TEXT_TO_IMAGE, "variation", "inpaint", "outpaint", "remove_background", "color_guided",
+                          "condition"})
 
 # Titan Image Generator v2's permitted width x height pairs (aws-reference.md section 1.9); Nova Canvas
 # accepts them too (its own rule, wave2-reference.md A 3.4: sides 320-4096 in steps of 16, ratio 1:4-4:1,
@@ -40,6 +45,18 @@ class CfgScale:
 
 
 @dataclass(frozen=True)
+class InputRule:
+    """What a model takes as an input image (wave2-reference.md A 3.5, B 2.2)."""
+
+    min_side: int = 64
+    max_side: int = 100_000
+    min_pixels: int = 0
+    max_pixels: int = 9_437_184
+    max_aspect: float = 2.5  # longer side over shorter side
+    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """What one model takes and costs: the single source for validation, request bodies, /models and OpenAPI."""
 
@@ -58,6 +75,11 @@ class ModelProfile:
     max_images: int = 5
     tasks: frozenset = field(default_factory=lambda: frozenset({TEXT_TO_IMAGE}))
     price: str = ""  # per image, on-demand, for the README and /models
+    input_rule: InputRule = InputRule()
+    # For Stability's Image Services: the service's name, and the kind it is within its task
+    # (upscale: fast/conservative/creative; condition: sketch/structure; style: guide/transfer).
+    service: str = ""
+    kind: str = ""
     # AWS's published lifecycle dates (ISO dates), shown until GetFoundationModel says otherwise.
     legacy_date: str | None = None
     end_of_life_date: str | None = None
@@ -89,14 +111,19 @@ def _ratio_value(ratio: str) -> float:
     return int(w) / int(h)
 
 
+# Nova Canvas and Titan v2 take JPEG or PNG inputs with sides of 320-4096 px and at most 4.19 MP
+# (wave2-reference.md A 3.4-3.5; sides need not be multiples of 16 for inputs).
+AMAZON_INPUT = InputRule(min_side=320, max_side=4096, max_pixels=4_194_304, max_aspect=4.0, formats=("PNG", "JPEG"))
 TITAN_V2 = ModelProfile(
     "amazon.titan-image-generator-v2:0", "Titan Image Generator v2", "amazon", ("us-east-1", "us-west-2"),
     max_text=512, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 8.0), quality=True,
+    tasks=AMAZON_TASKS, input_rule=AMAZON_INPUT,
     price="$0.008-0.012 (512 or 1024 class, standard or premium)",
     legacy_date="2025-12-30", end_of_life_date="2026-06-30")
 NOVA_CANVAS = ModelProfile(
     "amazon.nova-canvas-v1:0", "Nova Canvas", "amazon", ("us-east-1", "eu-west-1", "ap-northeast-1"),
     max_text=1024, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 6.5), quality=True,
+    tasks=AMAZON_TASKS, input_rule=AMAZON_INPUT,
     price="$0.04 standard, $0.06 premium (up to 1024x1024)",
     legacy_date="2026-03-30", end_of_life_date="2026-09-30")
 # Stability's seeds: 0 asks the model for a random one, so the service's seeds start at 1; the top of the
@@ -109,13 +136,49 @@ STABLE_IMAGE_ULTRA = ModelProfile(
     max_text=10_000, aspect_ratios=STABILITY_RATIOS, min_seed=1, max_seed=4_294_967_294, price="$0.14")
 SD3_5_LARGE = ModelProfile(
     "stability.sd3-5-large-v1:0", "Stable Diffusion 3.5 Large", "stability", ("us-west-2",),
-    max_text=10_000, aspect_ratios=STABILITY_RATIOS, min_seed=1, max_seed=4_294_967_294, price="$0.08")
+    max_text=10_000, aspect_ratios=STABILITY_RATIOS, min_seed=1, max_seed=4_294_967_294, price="$0.08",
+    # Its image-to-image mode makes variations (wave2-reference.md B 1.2).
+    tasks=frozenset({TEXT_TO_IMAGE, "variation"}))
+
+
+def _service(name: str, label: str, task: str, kind: str = "", rule: InputRule = InputRule(),
+             negative: bool = True) -> ModelProfile:
+    """One of Stability's Image Services, invoked through its US cross-region profile (B 2.1)."""
+    return ModelProfile(
+        f"us.stability.{name}-v1:0", label, "stability_service", ("us-east-1", "us-east-2", "us-west-2"),
+        max_text=10_000, min_seed=1, max_seed=4_294_967_294, negative_prompt=negative,
+        tasks=frozenset({task}), input_rule=rule, service=name, kind=kind,
+        price="see the Bedrock pricing page (Image Services)")
+
+
+# Stability's Image Services (wave2-reference.md B 2): one profile per service, each doing one task.
+STABILITY_SERVICES = (
+    _service("stable-image-inpaint", "Stable Image Inpaint", "inpaint"),
+    _service("stable-outpaint", "Stable Outpaint", "outpaint", negative=False),
+    _service("stable-image-search-replace", "Stable Image Search and Replace", "search_replace"),
+    _service("stable-image-search-recolor", "Stable Image Search and Recolor", "recolor"),
+    _service("stable-image-erase-object", "Stable Image Erase Object", "erase", negative=False),
+    _service("stable-image-remove-background", "Stable Image Remove Background", "remove_background",
+             negative=False),
+    _service("stable-fast-upscale", "Stable Fast Upscale", "upscale", "fast",
+             InputRule(min_side=32, max_side=1536, min_pixels=1_024, max_pixels=1_048_576, max_aspect=48.0),
+             negative=False),
+    _service("stable-conservative-upscale", "Stable Conservative Upscale", "upscale", "conservative"),
+    _service("stable-creative-upscale", "Stable Creative Upscale", "upscale", "creative",
+             InputRule(min_pixels=4_096, max_pixels=1_048_576, max_aspect=16.0)),
+    _service("stable-image-control-sketch", "Stable Image Control Sketch", "condition", "sketch"),
+    _service("stable-image-control-structure", "Stable Image Control Structure", "condition", "structure"),
+    _service("stable-image-style-guide", "Stable Image Style Guide", "style", "guide"),
+    _service("stable-style-transfer", "Stable Style Transfer", "style", "transfer"),
+)
 # The offline model mirrors Titan v2's limits so that offline validation matches the specified default.
 PLACEHOLDER = ModelProfile(
     PLACEHOLDER_MODEL_ID, "Offline placeholder (not a generated image)", "placeholder", (),
-    max_text=512, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 8.0), quality=True, price="$0")
+    max_text=512, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 8.0), quality=True, price="$0",
+    tasks=frozenset({TEXT_TO_IMAGE, *EDIT_TASKS}))
 
-BEDROCK_PROFILES = (TITAN_V2, NOVA_CANVAS, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE)
+TEXT_TO_IMAGE_PROFILES = (TITAN_V2, NOVA_CANVAS, STABLE_IMAGE_CORE, STABLE_IMAGE_ULTRA, SD3_5_LARGE)
+BEDROCK_PROFILES = (*TEXT_TO_IMAGE_PROFILES, *STABILITY_SERVICES)
 PROFILES = {p.model_id: p for p in (*BEDROCK_PROFILES, PLACEHOLDER)}
 
 
@@ -129,7 +192,12 @@ def base_model_id(model_id: str) -> str:
 
 def profile_for(model_id: str) -> ModelProfile | None:
     """The profile of a model id, cross-region profile ids included; None when the registry lacks it."""
-    return PROFILES.get(base_model_id(model_id))
+    return PROFILES.get(model_id) or PROFILES.get(base_model_id(model_id)) or _SERVICE_BY_BASE.get(
+        base_model_id(model_id))
+
+
+# The Image Services by their base ids too (`stability.stable-image-inpaint-v1:0`).
+_SERVICE_BY_BASE = {base_model_id(p.model_id): p for p in STABILITY_SERVICES}
 
 
 def call_region(model_id: str, session_region: str, override: str = "") -> str:

@@ -25,7 +25,7 @@ class RequestRecords:
         """Write the started record and return the record's key (without suffix); StoreFailed stops the request."""
         base = f"{request.output_folder}/{RECORD_FOLDER}/{request_id}"
         document = {"request_id": request_id, "status": "started", "model_id": model_id,
-                    "started_at": time.time(), "parameters": asdict(request)}
+                    "started_at": time.time(), "parameters": parameters(request)}
         for candidate in (base, f"{base}-{secrets.token_hex(4)}", f"{base}-{secrets.token_hex(8)}"):
             try:
                 self.store.put_new(candidate + ".started.json", _encode(document), {"request-id": request_id},
@@ -46,7 +46,7 @@ class RequestRecords:
         """
         document = {
             "request_id": request_id, "status": outcome, "model_id": model_id, "finished_at": time.time(),
-            "parameters": asdict(request),
+            "parameters": parameters(request),
             "images": [_image_entry(r) for r in results],
         }
         try:
@@ -61,6 +61,14 @@ class RequestRecords:
             self.store.delete(record_key + ".started.json")
         except ServiceError as error:
             log.warning("request %s: its started record stays beside the final one: %s", request_id, error)
+
+
+def parameters(request) -> dict:
+    """The request as the record keeps it: every field but the input images' bytes (the source names them)."""
+    kept = asdict(request)
+    kept.pop("inputs", None)
+    kept["params"] = dict(kept.get("params") or ())
+    return kept
 
 
 def _image_entry(result) -> dict:

@@ -14,7 +14,8 @@ from botocore.stub import Stubber
 from PIL import Image
 
 from backends import aws_clients
-from backends.bedrock_model import BedrockModel, request_body
+from backends.bedrock_bodies import request_body
+from backends.bedrock_model import BedrockModel
 from backends.rekognition_screener import MAX_INLINE_BYTES, RekognitionScreener
 from backends.s3_store import S3Store, encryption_args
 from generation.errors import (
@@ -29,6 +30,7 @@ from generation.errors import (
     ScreeningFailed,
     StoreFailed,
 )
+from generation.model_registry import TITAN_V2
 from generation.png import png_size
 from image_generation import ImageSpec, ModerationLabel
 from settings import Settings, SettingsError
@@ -187,12 +189,12 @@ def test_s3_store_maps_sse_settings_to_put_arguments():
 
 
 def test_bedrock_request_body_asks_for_one_image_with_the_seed():
-    sent = request_body(spec(seed=1234, negative="blurry"))
+    sent = request_body(spec(seed=1234, negative="blurry"), TITAN_V2)
     assert sent == {"taskType": "TEXT_IMAGE",
                     "textToImageParams": {"text": "a red porsche", "negativeText": "blurry"},
                     "imageGenerationConfig": {"numberOfImages": 1, "width": 512, "height": 512,
                                               "quality": "standard", "cfgScale": 8.0, "seed": 1234}}
-    assert "negativeText" not in request_body(spec())["textToImageParams"]
+    assert "negativeText" not in request_body(spec(), TITAN_V2)["textToImageParams"]
 
 
 @pytest.mark.parametrize("model_id", [TITAN, NOVA])

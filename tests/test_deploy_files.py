@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
-from generation.model_registry import BEDROCK_PROFILES
+from generation.model_registry import BEDROCK_PROFILES, base_model_id
 from settings import Settings
 from tests.servers import (
     GUNICORN_CONF,
@@ -364,9 +364,16 @@ def test_iam_policy_scopes_each_resource():
             allowed.setdefault(action, set()).update(resources)
     # Every model of the registry, each in the region it is called in (Stability: us-west-2 only), and
     # lifecycle questions about exactly those.
-    expected = {f"arn:aws:bedrock:{'us-west-2' if p.family == 'stability' else '${REGION}'}::foundation-model/"
-                f"{p.model_id}" for p in BEDROCK_PROFILES}
-    assert allowed["bedrock:InvokeModel"] == expected == allowed["bedrock:GetFoundationModel"]
+    # Amazon's models are called wherever AWS_REGION or the registry says (Nova and Titan differ), so any region.
+    models = {f"arn:aws:bedrock:{'us-west-2' if p.family == 'stability' else '*'}::foundation-model/"
+              f"{p.model_id}" for p in BEDROCK_PROFILES if p.family != "stability_service"}
+    # An Image Service is a cross-region profile: the profile, and its model in any destination region.
+    services = {f"arn:aws:bedrock:*::foundation-model/{base_model_id(p.model_id)}"
+                for p in BEDROCK_PROFILES if p.family == "stability_service"}
+    profiles = {f"arn:aws:bedrock:*:${{ACCOUNT}}:inference-profile/{p.model_id}"
+                for p in BEDROCK_PROFILES if p.family == "stability_service"}
+    assert allowed["bedrock:InvokeModel"] == models | services | profiles
+    assert allowed["bedrock:GetFoundationModel"] == models | services
     assert allowed["rekognition:DetectModerationLabels"] == {"*"}
     for action in ("s3:PutObject", "s3:GetObject", "s3:ListBucket"):
         for resource in allowed[action]:
@@ -379,7 +386,7 @@ def test_iam_policy_scopes_each_resource():
 
 def test_iam_placeholders_are_documented():
     placeholders = set(re.findall(r"\$\{[A-Z_]+\}", IAM_POLICY.read_text()))
-    assert placeholders == {"${REGION}", "${BUCKET}", "${PREFIX}", "${QUARANTINE_PREFIX}"}
+    assert placeholders == {"${ACCOUNT}", "${BUCKET}", "${PREFIX}", "${QUARANTINE_PREFIX}"}
     readme = IAM_README.read_text()
     for placeholder in placeholders:
         assert f"`{placeholder}`" in readme, placeholder

@@ -233,3 +233,13 @@ def test_nginx_answers_its_own_400_and_414_as_json(tmp_path):
         if nginx is not None:
             stop(nginx)
         stop(gunicorn)
+
+
+def test_a_rebinding_page_cannot_pass_for_the_service_itself(open_service):
+    base, data = open_service
+    port = base.rsplit(":", 1)[1]
+    before = images_under(data)
+    # A page on evil.example whose name now resolves to this host: its Host and Origin agree.
+    forged = generate(base, headers={"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}",
+                                     "Sec-Fetch-Site": "same-origin", "X-Forwarded-For": "192.0.2.50"})
+    assert forged.status_code == 403 and images_under(data) == before

@@ -160,11 +160,13 @@ def test_models_lists_limits_tasks_prices_and_lifecycle(aws_app, standin):
     models = aws_app().client.get("/models").get_json()
     assert models["default"] == TITAN and models["fallback_chain"] == [TITAN, NOVA, CORE]
     by_id = {m["id"]: m for m in models["models"]}
-    assert set(by_id) == {TITAN, NOVA, CORE, ULTRA, SD35}
+    assert {m for m, entry in by_id.items() if "text_to_image" in entry["tasks"]} == {TITAN, NOVA, CORE, ULTRA, SD35}
+    assert by_id["us.stability.stable-image-inpaint-v1:0"]["tasks"] == ["inpaint"]
+    assert set(by_id[NOVA]["tasks"]) >= {"variation", "inpaint", "outpaint", "remove_background"}
     assert by_id[CORE]["limits"]["aspect_ratios"][0] == "1:1" and by_id[CORE]["limits"]["cfg_scale"] is None
     assert "1024x1024" in by_id[TITAN]["limits"]["sizes"] and by_id[ULTRA]["price_per_image_usd"] == "$0.14"
     assert by_id[TITAN]["lifecycle"]["end_of_life_date"] == "2026-06-30"
-    assert by_id[SD35]["regions"] == ["us-west-2"] and by_id[SD35]["tasks"] == ["text_to_image"]
+    assert by_id[SD35]["regions"] == ["us-west-2"] and by_id[SD35]["tasks"] == ["text_to_image", "variation"]
 
 
 def test_the_openapi_document_describes_each_models_body(aws_app, standin):

@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter, ImageStat
 
 from generation.errors import ContentFiltered, DeadlineExceeded, KeyExists, ModelThrottled, StoreFailed
 from generation.png import png_size
-from image_generation import GenerationRequest, ModerationLabel, Pipeline, PipelineConfig, ScreeningOff
+from image_generation import GenerationRequest, ModerationLabel, Pipeline, PipelineConfig, ScreeningOff, spec_for
 from tests.fakes import FakeModel, FakeScreener, MemoryStore
 from tests.servers import missing
 from web.problems import status_of
@@ -267,3 +267,15 @@ def test_seeds_given_near_the_top_of_the_range_wrap_round(executor):
     request = GenerationRequest(**{**REQUEST.__dict__, "seed": 2_147_483_646, "count": 2,
                                    "seed_range": (0, 2_147_483_646)})
     assert [r.seed for r in pipeline.run(request, "r").stored] == [2_147_483_646, 0]
+
+
+def test_a_fallback_model_gets_the_asked_ratio_and_a_seed_it_takes():
+    from generation.model_registry import STABLE_IMAGE_CORE, TITAN_V2
+
+    wide = GenerationRequest(**{**REQUEST.__dict__, "aspect_ratio": "21:9", "width": 1024, "height": 1024,
+                                "seed": 0})
+    titan = spec_for(TITAN_V2, wide, 0)
+    assert titan.width / titan.height > 1.7  # the ratio asked of Stability, not the 1024x1024 default
+    # Stability's 0 means "random": the seed sent (and reported) is one it keeps.
+    assert spec_for(STABLE_IMAGE_CORE, wide, 0).seed == 4_294_967_294
+    assert spec_for(STABLE_IMAGE_CORE, wide, 7).seed == 7

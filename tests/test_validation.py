@@ -45,6 +45,7 @@ def test_validation_uses_nova_canvas_defaults_and_longer_prompt():
     ({"prompt": 42}, "prompt"),
     ({"prompt": "x" * 513}, "prompt"),
     ({"prompt": "bad\x00byte"}, "prompt"),
+    ({"prompt": "lone \ud800 surrogate"}, "prompt"),
     ({"negative_prompt": "y" * 513}, "negative_prompt"),
     ({"negative_prompt": None}, "negative_prompt"),
     ({"quality": None}, "quality"),
@@ -122,3 +123,9 @@ def test_validation_accepts_every_allowed_option():
                     cfg_scale=1.1, seed=2_147_483_646)
     assert (request.count, request.width, request.height, request.seed) == (5, 1173, 640, 2_147_483_646)
     assert request.quality == "standard" and request.negative_prompt == "blurry"
+
+
+def test_a_lone_surrogate_is_named_as_invalid_unicode():
+    with pytest.raises(InvalidRequest) as caught:
+        parse(prompt="lone \ud800 surrogate")
+    assert caught.value.extra["errors"] == [{"field": "prompt", "message": "must be valid Unicode text"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
@@ -16,10 +17,25 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def install_cross_site_guard(app: Flask, settings: Settings) -> None:
     """Refuse a browser's write from an origin not in AIG_CORS_ORIGINS; curl and back ends send no Origin."""
-    app.before_request(partial(_refuse_cross_site, frozenset(settings.cors_origins)))
+    app.before_request(partial(_refuse_cross_site, frozenset(settings.cors_origins), _own_origins(settings)))
 
 
-def _refuse_cross_site(allowed: frozenset[str]) -> Response | None:
+def _own_origins(settings: Settings) -> frozenset[str]:
+    """The service's own origins: its public base URL's, and the allowed hosts' (any scheme and port).
+
+    Never the request's Host: a page on a rebinding domain sends a Host and an Origin that match.
+    """
+    own = {urlsplit(settings.public_base_url)._replace(path="", query="", fragment="").geturl()} \
+        if settings.public_base_url else set()
+    return frozenset(own | {host.strip("[]") for host in settings.allowed_hosts})
+
+
+def _same_service(origin: str, own: frozenset[str]) -> bool:
+    parts = urlsplit(origin)
+    return origin.rstrip("/") in own or (parts.hostname or "") in own
+
+
+def _refuse_cross_site(allowed: frozenset[str], own: frozenset[str]) -> Response | None:
     if request.method in SAFE_METHODS:
         return None
     origin = request.headers.get("Origin")
@@ -27,7 +43,7 @@ def _refuse_cross_site(allowed: frozenset[str]) -> Response | None:
     # page elsewhere could post a "simple" text/plain request with no preflight: browsers say who
     # sent it in Origin and Sec-Fetch-Site, which a page cannot forge.
     if origin is not None:
-        if origin in allowed or origin == request.host_url.rstrip("/"):
+        if origin in allowed or "*" in allowed or _same_service(origin, own):
             return None
         why = f"the Origin {origin!r} is not allowed to write here (AIG_CORS_ORIGINS)"
     elif request.headers.get("Sec-Fetch-Site") == "cross-site":

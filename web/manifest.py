@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from generation.model_registry import TEXT_TO_IMAGE
 from image_generation import GenerationResult, ImageResult, ImageStore, Screening
 from web.problems import image_error_json
 
@@ -18,19 +19,24 @@ def render_manifest(result: GenerationResult, store: ImageStore, base_url: str) 
         "request_id": result.request_id,
         "record": result.record,
         "model_id": result.model_id,
-        "image_details": [_detail(r, result.placeholder, store, base_url) for r in result.stored],
+        "image_details": [_detail(r, result, store, base_url) for r in result.stored],
         "errors": [image_error_json(r) for r in result.failed],
         "timings_ms": result.timings_ms,
     }
+    if result.task != TEXT_TO_IMAGE:
+        manifest["task"], manifest["source"] = result.task, result.source
     if result.placeholder:
         manifest["placeholder"] = True
         manifest["notice"] = OFFLINE_NOTICE
     return manifest
 
 
-def _detail(r: ImageResult, placeholder: bool, store: ImageStore, base_url: str) -> dict:
+def _detail(r: ImageResult, result: GenerationResult, store: ImageStore, base_url: str) -> dict:
+    placeholder = result.placeholder
     detail = {"key": r.key, "seed": r.seed, "width": r.width, "height": r.height,
               "moderation": moderation_json(r.moderation), "model_id": r.model_id}
+    if result.task != TEXT_TO_IMAGE:
+        detail["task"], detail["source"] = result.task, result.source
     if r.skipped:
         # Why the model chain passed over earlier models for this image (fallback).
         detail["skipped_models"] = [{"model_id": m, "reason": why} for m, why in r.skipped]

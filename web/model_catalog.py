@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from flask import Response
 
 from generation.errors import InvalidRequest
 from generation.model_chain import LEGACY, Lifecycle, ModelChain
-from generation.model_registry import PLACEHOLDER, ModelProfile, profile_for
+from generation.model_registry import PLACEHOLDER, TEXT_TO_IMAGE, ModelProfile, profile_for
 from image_generation import GenerationResult
 
 
 def choose_profile(body, chain: ModelChain) -> tuple[ModelProfile, bool]:
-    """The profile a request body is checked against, and whether the caller named the model."""
+    """The profile a /generate_images body is checked against, and whether the caller named the model."""
     if not isinstance(body, dict) or "model" not in body:
         return profile_of(chain, chain.default_id), False
-    named = body["model"]
+    return named_profile(body["model"], chain, TEXT_TO_IMAGE), True
+
+
+def named_profile(named, chain: ModelChain, task: str) -> ModelProfile:
+    """The profile of the model a request named; 400 when it is not offered or cannot do the task."""
     if not isinstance(named, str) or named not in chain.models:
         raise InvalidRequest([{"field": "model", "message": f"must be one of the offered models: "
                                                             f"{', '.join(chain.offered())} (see GET /models)"}])
-    return profile_of(chain, named), True
+    profile = profile_of(chain, named)
+    if task not in profile.tasks:
+        able = [m for m in chain.offered() if task in profile_of(chain, m).tasks]
+        raise InvalidRequest([{"field": "model", "message": f"{named} cannot do {task}; models that can: "
+                                                            f"{', '.join(able) or 'none offered'}"}])
+    return profile
+
+
+def task_profiles(chain: ModelChain, task: str) -> list[ModelProfile]:
+    """The offered models that can do `task`, in the order they are offered."""
+    return [profile_of(chain, m) for m in chain.offered() if task in profile_of(chain, m).tasks]
 
 
 def profile_of(chain: ModelChain, model_id: str) -> ModelProfile:
@@ -75,14 +89,22 @@ def models_document(chain: ModelChain) -> dict:
 
 def add_sunset_headers(response: Response, result: GenerationResult, chain: ModelChain) -> None:
     """Deprecation (RFC 9745) and Sunset (RFC 8594) on an answer made with a LEGACY model."""
-    legacy = [chain.lifecycle(m) for m in {r.model_id for r in result.stored}]
-    legacy = [lc for lc in legacy if lc.status == LEGACY]
+    used = {r.model_id for r in result.stored}
+    legacy = [(chain.lifecycle(m), profile_of(chain, m)) for m in used]
+    legacy = [(lc, p) for lc, p in legacy if lc.status == LEGACY]
     if not legacy:
         return
-    since = [lc.legacy_time for lc in legacy if lc.legacy_time]
+    # When Bedrock gave no legacy date, AWS's published one (the registry's) stands in.
+    since = [lc.legacy_time or _day(p.legacy_date) for lc, p in legacy if lc.legacy_time or p.legacy_date]
     if since:
         # A structured-field date: '@' and epoch seconds (RFC 9745 section 2.1).
         response.headers["Deprecation"] = f"@{int(min(since).timestamp())}"
-    ends = [lc.end_of_life_time for lc in legacy if lc.end_of_life_time]
+    ends = [lc.end_of_life_time or _day(p.end_of_life_date) for lc, p in legacy
+            if lc.end_of_life_time or p.end_of_life_date]
     if ends:
         response.headers["Sunset"] = format_datetime(min(ends).astimezone(UTC), usegmt=True)
+
+
+def _day(iso_date: str) -> datetime:
+    """Midnight UTC of an ISO date."""
+    return datetime.fromisoformat(iso_date).replace(tzinfo=UTC)

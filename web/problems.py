@@ -14,6 +14,8 @@ PROBLEM_JSON = "application/problem+json"
 STATUSES: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "Invalid request"),
     "content_filtered": (400, "Blocked by the model's content filter"),
+    "input_flagged": (400, "The input image was flagged by screening"),
+    "source_not_found": (404, "No such source image"),
     "idempotency_in_progress": (409, "A request with this Idempotency-Key is still running"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with a different request"),
     "model_throttled": (429, "The image model is throttling requests"),

@@ -48,6 +48,8 @@ TEXT_PATTERN = r"^(?=[\s\S]*\S)[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$"
 # Every field some model takes: one another model lacks is named as such, not as unknown.
 KNOWN_FIELDS = frozenset({"model", "prompt", "output_folder", "file_name_prefix", "count", "seed",
                           "negative_prompt", "width", "height", "aspect_ratio", "quality", "cfg_scale"})
+# Free-text fields, checked and explained alike.
+TEXT_FIELDS = frozenset({"prompt", "negative_prompt", "mask_prompt", "search_prompt"})
 EXAMPLE = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image"}
 
 
@@ -164,7 +166,7 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
     try:
         checked = model.model_validate(body)
     except ValidationError as error:
-        raise InvalidRequest(_messages(error, body, profile, model)) from None
+        raise InvalidRequest(messages(error, body, profile, model)) from None
     errors = []
     if reserved_prefix and f"{checked.output_folder}/".startswith(reserved_prefix):
         errors.append({"field": "output_folder", "message": f"'{reserved_prefix.rstrip('/')}' is reserved for "
@@ -184,11 +186,11 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
         aspect_ratio=getattr(checked, "aspect_ratio", None), seed_range=(profile.min_seed, profile.max_seed))
 
 
-def _messages(error: ValidationError, body: dict, profile: ModelProfile, model: type[BaseModel]) -> list[dict]:
+def messages(error: ValidationError, body: dict, profile: ModelProfile, model: type[BaseModel]) -> list[dict]:
     """Each pydantic error as {field, message}, one per field, in the words of the service's API."""
     found: dict[str, str] = {}
     for item in error.errors(include_url=False):
-        field = str(item["loc"][0]) if item["loc"] else _size_field(item["type"], body)
+        field = str(item["loc"][0]) if item["loc"] else _whole_body_field(item, body)
         if field not in found:
             found[field] = _message(item, field, body, profile, model)
     return [{"field": field, "message": message} for field, message in found.items()]
@@ -203,11 +205,11 @@ def _message(item: dict, field: str, body: dict, profile: ModelProfile, model: t
         if field in KNOWN_FIELDS:
             return f"{profile.model_id} does not take this field (it takes: {allowed})"
         return f"unknown field (allowed: {allowed})"
-    if field in ("prompt", "negative_prompt"):
+    if field in TEXT_FIELDS:
         if kind == "string_too_long":
             return f"must be at most {profile.max_text} characters for {profile.model_id}, not {len(value)}"
-        if kind == "unicode":
-            return item["msg"]
+        if kind in ("unicode", "string_unicode"):
+            return "must be valid Unicode text"
         if kind == "string_pattern_mismatch" and value.strip():
             return "must not contain control characters"
         return "must be a non-empty string"
@@ -221,16 +223,20 @@ def _message(item: dict, field: str, body: dict, profile: ModelProfile, model: t
         if value.startswith("."):
             return "must not begin with '.' (such names are hidden and never served)"
         return "may hold only letters, digits, '-', '_' and '.', with no '/'"
-    if field in ("count", "seed", "width", "height"):
-        low, high = _bounds(model, field)
-        return f"must be an integer from {low} to {high}"
-    if field == "cfg_scale":
-        return f"must be a number from {profile.cfg_scale.low} to {profile.cfg_scale.high}"
-    if field == "quality":
-        return "must be 'standard' or 'premium'"
-    if field == "aspect_ratio":
-        return f"must be one of {', '.join(profile.aspect_ratios)}"
-    return f"must be {profile.model_id!r} here"  # `model`, checked against the offered models before
+    if field == "model":
+        return f"must be {profile.model_id!r} here"  # checked against the offered models before
+    low, high = _bounds(model, field)
+    if low is not None or high is not None:
+        kind_word = "an integer" if model.model_fields[field].annotation is int else "a number"
+        return f"must be {kind_word} from {low} to {high}"
+    if kind == "literal_error":
+        return f"must be one of {item['ctx']['expected']}"
+    return item["msg"][0].lower() + item["msg"][1:]  # pydantic's words for the rest (types, list lengths)
+
+
+def _whole_body_field(item: dict, body: dict) -> str:
+    """The field a whole-body error names: its own, or the one the caller should add or change."""
+    return (item.get("ctx") or {}).get("field") or _size_field(item["type"], body)
 
 
 def _size_field(kind: str, body: dict) -> str:
