@@ -13,13 +13,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from admin.keys_cli import keys as keys_cli
 from admin.records_cli import records as records_cli
 from generation.errors import ServiceError
-from generation.model_registry import TEXT_TO_IMAGE
+from generation.model_registry import EDIT_TASKS, TEXT_TO_IMAGE
 from services import Services, build_services
 from settings import Settings, unknown_names
 from web.access import install_access
 from web.client_address import install_proxy_fix
 from web.cors import install_cors
 from web.cross_site import install_cross_site_guard
+from web.edit_request import plan_edit
 from web.idempotency import Replay, fingerprint
 from web.json_body import read_json_object
 from web.logging_setup import install_logging
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
     app.add_url_rule("/generate_images", "generate_images", generate_images, methods=["POST"])
+    app.add_url_rule("/edit_images", "edit_images", edit_images, methods=["POST"])
     app.add_url_rule("/images/<path:key>", "image", image)
     app.add_url_rule("/openapi.json", "openapi", openapi)
     app.add_url_rule("/models", "models", models)
@@ -105,7 +107,7 @@ def _stamp_request_id(response: Response) -> Response:
 def _http_error(error: HTTPException) -> Response:
     detail = error.description or error.name
     if error.code == 413:
-        detail = f"the request body is larger than {_settings().max_body_bytes} bytes"
+        detail = f"the request body is larger than {request.max_content_length} bytes"
     response = problem(error.code or 500, error.name, detail, error.name.lower().replace(" ", "_"))
     if error.code == 405 and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
@@ -171,7 +173,7 @@ def _read_json_body() -> dict:
     # Read as JSON whatever the Content-Type says: the original README's curl line sends
     # application/x-www-form-urlencoded, and those callers must keep working.
     raw = request.get_data(cache=False)
-    if request.content_length is None and len(raw) >= _settings().max_body_bytes:
+    if request.content_length is None and len(raw) >= request.max_content_length:
         # A chunked body is cut at the limit rather than refused: whatever was cut off, it was too large.
         raise RequestEntityTooLarge()
     return read_json_object(raw)
@@ -185,6 +187,21 @@ def generate_images():
     generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
                                           root_prefix=_services().store.key_prefix, named=named,
                                           reserved_prefix=settings.quarantine_prefix)
+    return _respond(body, generation)
+
+
+def edit_images():
+    """Edit an image (a task on a model that does it); the same manifest, screening, store and records."""
+    settings, services = _settings(), _services()
+    request.max_content_length = settings.max_edit_body_bytes  # this route alone takes images in its body
+    body = _read_json_body()
+    generation = plan_edit(body, services.models, services.store, services.screener,
+                           default_quality=settings.default_quality, private_prefix=settings.quarantine_prefix)
+    return _respond(body, generation)
+
+
+def _respond(body: dict, generation) -> Response:
+    """Run a checked request and answer its manifest, or replay the first answer for its Idempotency-Key."""
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
         return _answer(_run(generation))
@@ -243,7 +260,8 @@ def openapi():
     """The OpenAPI 3.1 document, with the limits of every model this service offers."""
     chain = _services().models
     profiles = task_profiles(chain, TEXT_TO_IMAGE)
-    return json_response(openapi_document(profiles, api_keys=bool(_settings().api_keys_file)))
+    edits = [(profile, task) for task in EDIT_TASKS for profile in task_profiles(chain, task)]
+    return json_response(openapi_document(profiles, api_keys=bool(_settings().api_keys_file), edits=edits))
 
 
 def models():

@@ -132,6 +132,9 @@ class Settings:
                                     "Quality when a request names none.")
     max_body_bytes: int = _setting(65536, _number("MAX_BODY_BYTES", int, 1024, 10 * 1024 * 1024),
                                    "Largest request body accepted; larger gets a JSON 413.")
+    max_edit_body_bytes: int = _setting(20 * 1024 * 1024, _number("MAX_EDIT_BODY_BYTES", int, 1024, 24_000_000),
+                                        "Largest body POST /edit_images accepts (it may carry base64 images; "
+                                        "Bedrock takes at most 25 MB a call); larger gets a JSON 413.")
     model_concurrency: int = _setting(256, _number("MODEL_CONCURRENCY", int, 1, 4096),
                                       "Model calls in flight per worker process (one bounded pool).")
     processing_slots: int = _setting(8, _number("PROCESSING_SLOTS", int, 1, 1024),
@@ -155,7 +158,8 @@ class Settings:
     api_keys_file: str = _setting("", _text,
                                   "JSON file of hashed API keys (`flask --app wsgi keys ...`); empty: no keys asked.")
     rate_limit: str = _setting("", _rate_limit,
-                               "Limit of POST /generate_images per API key (per client address when keys are off), "
+                               "Limit of POST /generate_images and /edit_images (together) per API key "
+                               "(per client address when keys are off), "
                                "e.g. `30/minute`; empty: none.")
     redis_url: str = _setting("", _text,
                               "Redis URL for rate-limit counters shared by all workers and hosts; empty: per process.")

@@ -13,10 +13,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from backends.placeholder_fonts import CaptionFont
 from generation.errors import ModelTimeout
-from generation.model_registry import PLACEHOLDER, PLACEHOLDER_MODEL_ID
+from generation.model_registry import PLACEHOLDER, PLACEHOLDER_MODEL_ID, TEXT_TO_IMAGE
+from generation.png import png_size
 from image_generation import ImageSpec
 
 _thread_fonts = threading.local()
+# Upscales are drawn 4x, but never past this long side (offline pictures are for looking at).
+MAX_UPSCALED_SIDE = 4096
 
 
 class PlaceholderModel:
@@ -37,7 +40,50 @@ class PlaceholderModel:
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 raise ModelTimeout("the placeholder model's simulated latency outlasts the deadline")
             time.sleep(self.latency_seconds)
-        return lambda: draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
+        if spec.task == TEXT_TO_IMAGE:
+            return lambda: draw_placeholder(spec.prompt, spec.seed, spec.width, spec.height)
+        return lambda: draw_edit(spec)
+
+
+def edit_size(spec: ImageSpec) -> tuple[int, int]:
+    """The size the task would give on Bedrock: the asked size, or the source's grown or kept."""
+    if spec.exact_size:
+        return spec.width, spec.height
+    width, height = png_size(spec.input("image")) if spec.input("image") else (spec.width, spec.height)
+    if spec.task == "outpaint":
+        return width + spec.param("left", 0) + spec.param("right", 0), height + spec.param("up", 0) + spec.param(
+            "down", 0)
+    if spec.task == "upscale":
+        scale = min(4.0, MAX_UPSCALED_SIDE / max(width, height))
+        return round(width * scale), round(height * scale)
+    if spec.task == "style" and spec.param("kind", "guide") == "guide":
+        w, h = (int(n) for n in spec.param("aspect_ratio", "1:1").split(":"))
+        return round((1_048_576 * w / h) ** 0.5), round((1_048_576 * h / w) ** 0.5)
+    return width, height
+
+
+def draw_edit(spec: ImageSpec) -> bytes:
+    """A labelled placeholder of the size the task gives, with the source image drawn into it."""
+    width, height = edit_size(spec)
+    label = f"{spec.task}: {spec.prompt}" if spec.prompt else spec.task
+    with Image.open(io.BytesIO(draw_placeholder(label, spec.seed, width, height))) as picture:
+        image = picture.convert("RGBA")
+    source = spec.input("image")
+    if source is not None:
+        with Image.open(io.BytesIO(source)) as original:
+            # The source, shrunk into the picture's upper part, so a person sees what was edited.
+            thumb = original.convert("RGBA")
+            thumb.thumbnail((width * 3 // 4, height * 5 // 8 - height // 12))
+        image.alpha_composite(thumb, ((width - thumb.width) // 2, height // 24))
+    if spec.task == "remove_background":
+        # A cut-out: everything outside an ellipse is transparent, as the real task's PNG would be.
+        mask = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(mask).ellipse((width // 8, height // 16, width * 7 // 8, height * 15 // 16), fill=255)
+        image.putalpha(mask)
+    out = io.BytesIO()
+    (image if spec.task == "remove_background" else image.convert("RGB")).save(out, format="PNG",
+                                                                               compress_level=1)
+    return out.getvalue()
 
 
 def draw_placeholder(prompt: str, seed: int, width: int, height: int) -> bytes:

@@ -15,7 +15,7 @@ from generation.model_registry import EDIT_TASKS, ModelProfile
 from image_generation import SIZED_TASKS, GenerationRequest
 from web.edit_schema import KIND_FIELDS, parse_edit, task_fields
 from web.model_catalog import named_profile, task_profiles
-from web.request_schema import SEGMENT, TEXT_FIELDS
+from web.request_schema import SEGMENT, TEXT_FIELDS, check_place
 
 # When a request names no model, today's active models come first: Stability's services and SD3.5,
 # then the offline placeholder, then the Amazon models kept for accounts that still have them.
@@ -34,7 +34,11 @@ def plan_edit(body: dict, chain: ModelChain, store, screener, *, default_quality
         raise InvalidRequest([{"field": "task", "message": f"must be one of {', '.join(EDIT_TASKS)}"}])
     named = "model" in body
     primary, candidates = _models_for(body, task, chain)
+    kind_field, default_kind = KIND_FIELDS.get(task, ("", ""))
+    # The kind of the task this request asks (upscale, style, condition): the service's own, or the asked one.
+    kind = primary.kind or (body.get(kind_field) if kind_field else None) or default_kind
     checked = parse_edit(body, primary, task, named=named)
+    check_place(checked.output_folder, checked.file_name_prefix, store.key_prefix, private_prefix)
     images = _Inputs(store, private_prefix, checked.resize)
     image = None
     if checked.source_key is not None or checked.image is not None:
@@ -57,14 +61,14 @@ def plan_edit(body: dict, chain: ModelChain, store, screener, *, default_quality
                             model_id=primary.model_id, resize=checked.resize)
         _screen(screener, style, field)
         inputs.append(("style", style))
-    elif task == "style" and primary.kind == "transfer":
+    elif task == "style" and kind == "transfer":
         raise InvalidRequest([{"field": "style_source_key", "message": "style transfer needs the style image: "
                                                                        "style_source_key or style_image"}])
     width, height = _size(checked, primary, task, image)
     params = {name: getattr(checked, name) for name in task_fields(primary, task)
               if name not in NOT_PARAMS and getattr(checked, name) is not None}
-    if primary.kind:
-        params["kind"] = primary.kind
+    if kind:
+        params["kind"] = kind
     source = checked.source_key if checked.source_key is not None else \
         f"upload:sha256:{hashlib.sha256(image).hexdigest()[:16]}" if image is not None else None
     return GenerationRequest(

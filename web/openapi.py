@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from generation.model_registry import ModelProfile
+from web.edit_schema import edit_json_schema
 from web.request_schema import json_schema
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -100,7 +101,14 @@ def request_schema(profiles: list[ModelProfile]) -> dict:
     return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
 
 
-def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False) -> dict:
+def edit_request_schema(variants: list[tuple[ModelProfile, str]]) -> dict:
+    """The body of POST /edit_images: one schema per offered (model, task)."""
+    schemas = [edit_json_schema(profile, task, False) for profile, task in variants]
+    return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+
+
+def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
+                     edits: list[tuple[ModelProfile, str]] = ()) -> dict:
     """Every route, its bodies and every answer it can give; with `api_keys`, the routes that need one."""
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     document = {
@@ -128,7 +136,17 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False) ->
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": request_schema(profiles)}}},
                 "responses": {"200": _json_response("The manifest", MANIFEST),
-                              **_problems(400, 401, 409, 413, 422, 429, 500, 502, 503, 504)},
+                              **_problems(400, 401, 403, 409, 413, 422, 429, 500, 502, 503, 504)},
+            }},
+            "/edit_images": {"post": {
+                "summary": "Edit an image (variation, inpaint, outpaint, upscale, ...); the same manifest",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
+                                "description": "A retried POST with the same key returns the first answer"}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": edit_request_schema(list(edits)) if edits else {"type": "object"}}}},
+                "responses": {"200": _json_response("The manifest", MANIFEST),
+                              **_problems(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)},
             }},
             "/images/{key}": {"get": {
                 "summary": "A stored image (offline mode only)",
@@ -147,7 +165,7 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False) ->
         },
     }
     if api_keys:
-        for path in ("/generate_images", "/images/{key}", "/openapi.json", "/models"):
+        for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models"):
             for operation in document["paths"][path].values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
                 operation["responses"].setdefault("401", _problem_response("Missing or wrong API key"))

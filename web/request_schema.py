@@ -167,16 +167,7 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
         checked = model.model_validate(body)
     except ValidationError as error:
         raise InvalidRequest(messages(error, body, profile, model)) from None
-    errors = []
-    if reserved_prefix and f"{checked.output_folder}/".startswith(reserved_prefix):
-        errors.append({"field": "output_folder", "message": f"'{reserved_prefix.rstrip('/')}' is reserved for "
-                                                            f"quarantined originals (AIG_QUARANTINE_PREFIX)"})
-    key_bytes = len(f"{root_prefix}{checked.output_folder}/{checked.file_name_prefix}".encode()) + KEY_SUFFIX_BYTES
-    if key_bytes > MAX_KEY_BYTES:
-        errors.append({"field": "output_folder", "message": f"folder and prefix make keys of {key_bytes} bytes; "
-                                                            f"the limit is {MAX_KEY_BYTES}"})
-    if errors:
-        raise InvalidRequest(errors)
+    check_place(checked.output_folder, checked.file_name_prefix, root_prefix, reserved_prefix)
     width, height = (checked.width, checked.height) if checked.width else profile.default_size or (1024, 1024)
     return GenerationRequest(
         prompt=checked.prompt, output_folder=checked.output_folder, file_name_prefix=checked.file_name_prefix,
@@ -184,6 +175,20 @@ def parse_generation_request(body, profile: ModelProfile, *, default_quality: st
         quality=getattr(checked, "quality", None) or default_quality, cfg_scale=getattr(checked, "cfg_scale", None),
         seed=checked.seed, model_id=profile.model_id if named else None,
         aspect_ratio=getattr(checked, "aspect_ratio", None), seed_range=(profile.min_seed, profile.max_seed))
+
+
+def check_place(folder: str, prefix: str, root_prefix: str, reserved_prefix: str) -> None:
+    """InvalidRequest when the folder is the quarantine's, or folder and prefix make keys over S3's limit."""
+    errors = []
+    if reserved_prefix and f"{folder}/".startswith(reserved_prefix):
+        errors.append({"field": "output_folder", "message": f"'{reserved_prefix.rstrip('/')}' is reserved for "
+                                                            f"quarantined originals (AIG_QUARANTINE_PREFIX)"})
+    key_bytes = len(f"{root_prefix}{folder}/{prefix}".encode()) + KEY_SUFFIX_BYTES
+    if key_bytes > MAX_KEY_BYTES:
+        errors.append({"field": "output_folder", "message": f"folder and prefix make keys of {key_bytes} bytes; "
+                                                            f"the limit is {MAX_KEY_BYTES}"})
+    if errors:
+        raise InvalidRequest(errors)
 
 
 def messages(error: ValidationError, body: dict, profile: ModelProfile, model: type[BaseModel]) -> list[dict]:
