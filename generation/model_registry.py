@@ -111,19 +111,23 @@ def _ratio_value(ratio: str) -> float:
     return int(w) / int(h)
 
 
-# Nova Canvas and Titan v2 take JPEG or PNG inputs with sides of 320-4096 px and at most 4.19 MP
-# (wave2-reference.md A 3.4-3.5; sides need not be multiples of 16 for inputs).
-AMAZON_INPUT = InputRule(min_side=320, max_side=4096, max_pixels=4_194_304, max_aspect=4.0, formats=("PNG", "JPEG"))
+# Nova Canvas takes JPEG or PNG inputs with sides of 320-4096 px, under 4,194,304 pixels (the pages
+# disagree on that exact figure: the service stays below it), ratio up to 4:1 (wave2-reference.md A 3.4-3.5).
+NOVA_INPUT = InputRule(min_side=320, max_side=4096, max_pixels=4_194_303, max_aspect=4.0, formats=("PNG", "JPEG"))
+# Titan v2: JPEG or PNG, the longer side at most 1,408 px (aws-reference.md 1.10); 256 px as the
+# shortest side follows a third-party plugin (AWS states none).
+TITAN_INPUT = InputRule(min_side=256, max_side=1408, max_pixels=1408 * 1408, max_aspect=5.5,
+                        formats=("PNG", "JPEG"))
 TITAN_V2 = ModelProfile(
     "amazon.titan-image-generator-v2:0", "Titan Image Generator v2", "amazon", ("us-east-1", "us-west-2"),
     max_text=512, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 8.0), quality=True,
-    tasks=AMAZON_TASKS, input_rule=AMAZON_INPUT,
+    tasks=AMAZON_TASKS, input_rule=TITAN_INPUT,
     price="$0.008-0.012 (512 or 1024 class, standard or premium)",
     legacy_date="2025-12-30", end_of_life_date="2026-06-30")
 NOVA_CANVAS = ModelProfile(
     "amazon.nova-canvas-v1:0", "Nova Canvas", "amazon", ("us-east-1", "eu-west-1", "ap-northeast-1"),
     max_text=1024, sizes=TITAN_V2_SIZES, cfg_scale=CfgScale(1.1, 10.0, 6.5), quality=True,
-    tasks=AMAZON_TASKS, input_rule=AMAZON_INPUT,
+    tasks=AMAZON_TASKS, input_rule=NOVA_INPUT,
     price="$0.04 standard, $0.06 premium (up to 1024x1024)",
     legacy_date="2026-03-30", end_of_life_date="2026-09-30")
 # Stability's seeds: 0 asks the model for a random one, so the service's seeds start at 1; the top of the

@@ -1,16 +1,20 @@
 """HTTP stand-in for Bedrock Runtime InvokeModel, Bedrock GetFoundationModel and Rekognition.
 
 Wire formats, limits, status codes and messages follow /work/shared/aws-reference.md
-(sections 1, 2, 4 and the checklist in section 7) and /work/shared/wave2-reference.md Part B
-(Stability bodies, regions, GetFoundationModel, lifecycle errors). Run it as
+(sections 1, 2, 4 and the checklist in section 7) and /work/shared/wave2-reference.md Part A 3
+(Nova Canvas task types and input images) and Part B (Stability bodies, Image Services, regions,
+GetFoundationModel, lifecycle errors). Run it as
 ``python -m standins.aws_standin --port 0`` (prints ``READY <url>``) or in-process via
 ``StandinServer``. One port serves every client: ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``,
 ``AWS_ENDPOINT_URL_BEDROCK`` and ``AWS_ENDPOINT_URL_REKOGNITION`` may all point at it.
 
-Routes: ``POST /model/{modelId}/invoke`` (Titan v2, Nova Canvas, Stability SD3.5 Large / Stable
-Image Core / Stable Image Ultra), ``GET /foundation-models/{modelIdentifier}`` (GetFoundationModel),
-``POST /`` with ``X-Amz-Target`` (DetectModerationLabels). The region is read from the SigV4
-credential scope; a model invoked outside its regions is refused (bearer calls skip the check).
+Routes: ``POST /model/{modelId}/invoke`` (Titan v2 and Nova Canvas with every task type but
+VIRTUAL_TRY_ON, Stability SD3.5 Large / Stable Image Core / Stable Image Ultra, and the 13
+Stability Image Services through their ``us.stability.*`` profiles, Part B 2),
+``GET /foundation-models/{modelIdentifier}`` (GetFoundationModel), ``POST /`` with
+``X-Amz-Target`` (DetectModerationLabels). The region is read from the SigV4 credential scope; a
+model invoked outside its regions is refused (bearer calls skip the check). Input images are
+decoded in full (Pillow) and checked against each model's limits before any image is counted.
 
 Prompt markers: ``[[blocked]]`` (Titan/Nova: 400 content filter; Stability: 200 with
 ``finish_reasons ["Filter reason: prompt"]``), ``[[blocked-output]]`` (Titan/Nova: 200 with
@@ -25,7 +29,8 @@ retired_models (InvokeModel and GetFoundationModel 404 end of life), legacy_mode
 "publicExtendedAccessTime": "..."}}``: GetFoundationModel says LEGACY), control_plane_error
 ("" or AccessDeniedException / ThrottlingException / InternalServerException for every
 GetFoundationModel), png_kind, rekognition_latency, rekognition_down, rekognition_throttle_rate,
-rekognition_fail_next, flag_all, flag_confidence, seed.
+rekognition_fail_next, flag_all, flag_confidence, seed. For an Image Service the model-id knobs
+and legacy_models accept its base id or its ``us.`` profile id alike.
 """
 
 from __future__ import annotations
@@ -71,11 +76,33 @@ TASK_TYPES = (
     "COLOR_GUIDED_GENERATION",
     "BACKGROUND_REMOVAL",
 )
-TOP_KEYS = frozenset({"taskType", "textToImageParams", "imageGenerationConfig"})
+# Each task names its own params object (section 1.1; wave2 Part A 3.2).
+TASK_PARAMS = {
+    "TEXT_IMAGE": "textToImageParams",
+    "INPAINTING": "inPaintingParams",
+    "OUTPAINTING": "outPaintingParams",
+    "IMAGE_VARIATION": "imageVariationParams",
+    "COLOR_GUIDED_GENERATION": "colorGuidedGenerationParams",
+    "BACKGROUND_REMOVAL": "backgroundRemovalParams",
+}
+BACKGROUND_REMOVAL = "BACKGROUND_REMOVAL"
+# Output follows the input for these, so imageGenerationConfig takes no width/height (Part A 3.4).
+INPUT_SIZED_TASKS = frozenset({"INPAINTING", "OUTPAINTING", BACKGROUND_REMOVAL})
 CONFIG_KEYS = frozenset({"quality", "numberOfImages", "height", "width", "cfgScale", "seed"})
 TEXT_KEYS = frozenset({"text", "negativeText", "conditionImage", "controlMode", "controlStrength"})
+# `returnMask` (Titan, section 1.4) is refused: the stand-in does not model the mask it returns,
+# and Nova documents it only for VIRTUAL_TRY_ON (Part A 3.3), so no caller may rely on it.
+INPAINT_KEYS = frozenset({"image", "maskPrompt", "maskImage", "text", "negativeText"})
+OUTPAINT_KEYS = INPAINT_KEYS | {"outPaintingMode"}
+VARIATION_KEYS = frozenset({"images", "similarityStrength", "text", "negativeText"})
+COLOR_KEYS = frozenset({"colors", "referenceImage", "text", "negativeText"})
+BACKGROUND_KEYS = frozenset({"image"})
 QUALITIES = ("standard", "premium")
 CONTROL_MODES = ("CANNY_EDGE", "SEGMENTATION")
+OUTPAINTING_MODES = ("DEFAULT", "PRECISE")
+COLOR_PATTERN = "^#[0-9A-Fa-f]{6}$"
+COLOR_RE = re.compile(COLOR_PATTERN)
+MASK_COLORS = frozenset({(0, 0, 0), (255, 255, 255)})  # pure black and white only (Part A 3.5)
 
 PERMITTED_SIZES = frozenset({
     (1024, 1024), (768, 768), (512, 512),
@@ -91,7 +118,31 @@ OMITTED_SIZE = (1024, 1024)  # stand-in choice when the caller sends neither wid
 DEFAULT_SEED = 42
 MAX_SEED = 2_147_483_646
 MAX_INVOKE_BODY = 25_000_000
-MAX_INPUT_SIDE = 1408
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """Limits one input image must meet; sides and pixel counts are inclusive bounds."""
+
+    formats: tuple[str, ...]
+    min_side: int = 1
+    max_side: int | None = None
+    min_pixels: int = 1
+    max_pixels: int | None = None
+    max_aspect: float | None = None  # long side / short side
+    opaque: bool = False  # refuse transparent or translucent pixels
+    max_bytes: int | None = None
+
+
+# Titan: "<= 1,408 on the longer side" and "Max input image size - 5 MB" (section 1.10). No
+# minimum is documented; 256 follows the third-party plugin there (UNVERIFIED), a stand-in choice
+# that also keeps input-sized answers renderable. 5 MB is read as 5 MiB (stand-in choice).
+TITAN_INPUT = ImageRule(("png", "jpeg"), min_side=256, max_side=1408, max_bytes=5 * 1024 * 1024)
+# Nova: sides 320-4096, aspect 1:4-4:1, fewer than 4,194,304 pixels, no transparent pixels
+# (Part A 3.4, 3.5; secondary sources). Whether exactly 4,194,304 is allowed is disputed: the
+# stand-in refuses it (strict side of the conflict).
+NOVA_INPUT = ImageRule(("png", "jpeg"), min_side=320, max_side=4096, max_pixels=4_194_303,
+                       max_aspect=4.0, opaque=True)
 
 
 @dataclass(frozen=True)
@@ -102,11 +153,19 @@ class ModelSpec:
     text_max: int
     cfg_default: float
     text_keys: frozenset
+    input_rule: ImageRule
+    text_required: frozenset  # tasks whose params must carry `text`
 
 
+# Titan: text required for TEXT_IMAGE, OUTPAINTING and COLOR_GUIDED_GENERATION, optional for
+# INPAINTING and IMAGE_VARIATION (sections 1.2-1.7). Nova: the schema marks IMAGE_VARIATION's text
+# "Required" while the overview calls it optional (Part A 3.3); the stand-in takes the strict side.
+# Nova OUTPAINTING shares INPAINTING's optional text (Part A 3.3).
 MODELS = {
-    TITAN_V2: ModelSpec(TITAN_V2, 512, 8.0, TEXT_KEYS),
-    NOVA_CANVAS: ModelSpec(NOVA_CANVAS, 1024, 6.5, TEXT_KEYS | {"style"}),
+    TITAN_V2: ModelSpec(TITAN_V2, 512, 8.0, TEXT_KEYS, TITAN_INPUT,
+                        frozenset({"TEXT_IMAGE", "OUTPAINTING", "COLOR_GUIDED_GENERATION"})),
+    NOVA_CANVAS: ModelSpec(NOVA_CANVAS, 1024, 6.5, TEXT_KEYS | {"style"}, NOVA_INPUT,
+                           frozenset({"TEXT_IMAGE", "IMAGE_VARIATION", "COLOR_GUIDED_GENERATION"})),
 }
 
 # --------------------------------------------------------------------------------------
@@ -150,6 +209,10 @@ class StabilitySpec:
     formats: tuple[str, ...]
     sizes: dict[str, tuple[int, int]]
 
+    def parse(self, body: bytes) -> StabilityRequest:
+        """Validate a body for this model (see parse_stability)."""
+        return parse_stability(self, body)
+
 
 _STABILITY_COMMON = frozenset({"prompt", "aspect_ratio", "mode", "seed", "negative_prompt",
                                "output_format"})
@@ -173,6 +236,160 @@ FILTER_OUTPUT = "Filter reason: output image"
 INFERENCE_ERROR = "Inference error"
 
 # --------------------------------------------------------------------------------------
+# Stability Image Services facts (wave2 reference Part B sections 2.1-2.3)
+# --------------------------------------------------------------------------------------
+
+# Invoked only through US cross-Region profiles, from these source Regions (2.1).
+SERVICE_REGIONS = ("us-east-1", "us-east-2", "us-west-2")
+PROFILE_PREFIX = "us."
+# Part B 4 quotes this for a profile-only model (Nova 2 Lite) invoked by its base id. Whether the
+# Image Services answer a base id the same way is UNCONFIRMED (2.1, 6.6): the stand-in's choice.
+ON_DEMAND_MESSAGE = (
+    "Invocation of model ID {model_id} with on-demand throughput isn't supported. Retry your "
+    "request with the ID or ARN of an inference profile that contains this model."
+)
+SERVICE_SEED_MAX = 4_294_967_294  # "Range 0 to 4294967294" (2.2)
+SERVICE_FORMATS = ("jpeg", "png", "webp")  # "Enum: jpeg, png, webp. Default png" (2.2)
+STYLE_PRESETS = (
+    "3d-model", "analog-film", "anime", "cinematic", "comic-book", "digital-art", "enhance",
+    "fantasy-art", "isometric", "line-art", "low-poly", "modeling-compound", "neon-punk", "origami",
+    "photographic", "pixel-art", "tile-texture",
+)
+# Input limits (2.2, 2.3). The standard rule covers every image of every service but the two
+# upscalers that state their own; applying it to Inpaint/Erase `mask` too is a stand-in choice.
+STANDARD_INPUT = ImageRule(SERVICE_FORMATS, min_side=64, max_pixels=9_437_184, max_aspect=2.5)
+CREATIVE_UPSCALE_INPUT = ImageRule(SERVICE_FORMATS, min_side=64, min_pixels=4_096,
+                                   max_pixels=1_048_576)
+FAST_UPSCALE_INPUT = ImageRule(SERVICE_FORMATS, min_side=32, max_side=1536, min_pixels=1_024,
+                               max_pixels=1_048_576)
+UPSCALE_FACTOR = 4  # Fast Upscale: "4 times" (2.3)
+# Not documented for Conservative/Creative (2.3 says only "to 4K resolution" and, in the notebook,
+# "9mp"): the stand-in's choice is 4x each side, capped so the long side is at most 4096, and
+# never smaller than the input.
+UPSCALE_LONG_SIDE_CAP = 4096
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """How one Image Services body field is checked: text, number, integer, enum or image."""
+
+    kind: str
+    low: float = 0
+    high: float = 0
+    options: tuple[str, ...] = ()
+    image: ImageRule | None = None
+
+
+def _between(low: float, high: float, integer: bool = False) -> FieldRule:
+    """A number (or integer) field with inclusive bounds."""
+    return FieldRule("integer" if integer else "number", low, high)
+
+
+def _image_field(rule: ImageRule) -> FieldRule:
+    """A base64 image field checked against ``rule``."""
+    return FieldRule("image", image=rule)
+
+
+TEXT_FIELD = FieldRule("text", 0, PROMPT_MAX)  # prompts: "0-10000" / "Maximum 10000 characters"
+SEED_FIELD = _between(0, SERVICE_SEED_MAX, integer=True)
+FORMAT_FIELD = FieldRule("enum", options=SERVICE_FORMATS)
+STYLE_FIELD = FieldRule("enum", options=STYLE_PRESETS)
+# grow_mask: "Range between 0 and 20"; integer-ness is not stated, so any number is accepted.
+GROW_MASK_FIELD = _between(0, 20)
+IMAGE_FIELD = _image_field(STANDARD_INPUT)
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+MARGIN_FIELD = _between(0, 2000, integer=True)  # each "an integer, Range 0 to 2000", default 0
+_PROMPTED = {"negative_prompt": TEXT_FIELD, "seed": SEED_FIELD, "output_format": FORMAT_FIELD}
+# Required prompts must not be blank: the documented minimum is 0, refusing blank is the stand-in's
+# choice, as for the text-to-image models.
+NON_BLANK = ("prompt", "select_prompt", "search_prompt")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One Image Service: its fields (2.3), which are required, and how its output is sized."""
+
+    name: str  # e.g. "stable-image-inpaint"
+    title: str
+    required: tuple[str, ...]
+    fields: dict[str, FieldRule]  # every accepted field, required ones included
+    output: str  # key of OUTPUT_SIZES
+    transparent: bool = False
+    seed_max: int = SERVICE_SEED_MAX
+
+    @property
+    def model_id(self) -> str:
+        """The base (foundation-model) id."""
+        return f"stability.{self.name}-v1:0"
+
+    @property
+    def profile_id(self) -> str:
+        """The US inference profile id callers invoke."""
+        return PROFILE_PREFIX + self.model_id
+
+    def parse(self, body: bytes) -> StabilityRequest:
+        """Validate a body for this service (see parse_service)."""
+        return parse_service(self, body)
+
+
+# Output sizes are not documented for any service (2.3): each rule below is a stand-in choice.
+# "input": the `image` size (the notebook's "4 MP" for Inpaint is not followed); "outpaint": input
+# plus left+right and up+down; "fast-upscale": 4x; "upscale": see UPSCALE_LONG_SIDE_CAP;
+# "aspect": the Core/Ultra table by aspect_ratio; "init-image": the init_image size.
+_SERVICES = (
+    ServiceSpec("stable-conservative-upscale", "Conservative Upscale", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "creativity": _between(0.1, 0.5),
+                 **_PROMPTED}, "upscale"),
+    ServiceSpec("stable-creative-upscale", "Creative Upscale", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": _image_field(CREATIVE_UPSCALE_INPUT),
+                 "creativity": _between(0.1, 0.5), **_PROMPTED, "style_preset": STYLE_FIELD},
+                "upscale"),
+    # output_format is "listed as required" for Fast Upscale (2.3); no prompt, no seed.
+    ServiceSpec("stable-fast-upscale", "Fast Upscale", ("image", "output_format"),
+                {"image": _image_field(FAST_UPSCALE_INPUT), "output_format": FORMAT_FIELD},
+                "fast-upscale"),
+    ServiceSpec("stable-image-inpaint", "Inpaint", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "style_preset": STYLE_FIELD,
+                 **_PROMPTED, "mask": IMAGE_FIELD, "grow_mask": GROW_MASK_FIELD}, "input"),
+    # Outpaint lists no negative_prompt (2.3).
+    ServiceSpec("stable-outpaint", "Outpaint", ("image",),
+                {"image": IMAGE_FIELD, "prompt": TEXT_FIELD, "style_preset": STYLE_FIELD,
+                 "seed": SEED_FIELD, "output_format": FORMAT_FIELD,
+                 "creativity": _between(0.1, 1.0), **dict.fromkeys(OUTPAINT_SIDES, MARGIN_FIELD)},
+                "outpaint"),
+    ServiceSpec("stable-image-search-recolor", "Search and Recolor",
+                ("prompt", "image", "select_prompt"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "select_prompt": TEXT_FIELD,
+                 "style_preset": STYLE_FIELD, **_PROMPTED, "grow_mask": GROW_MASK_FIELD}, "input"),
+    ServiceSpec("stable-image-search-replace", "Search and Replace",
+                ("prompt", "image", "search_prompt"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "search_prompt": TEXT_FIELD,
+                 "style_preset": STYLE_FIELD, **_PROMPTED, "grow_mask": GROW_MASK_FIELD}, "input"),
+    ServiceSpec("stable-image-erase-object", "Erase Object", ("image",),
+                {"image": IMAGE_FIELD, "seed": SEED_FIELD, "output_format": FORMAT_FIELD,
+                 "mask": IMAGE_FIELD, "grow_mask": GROW_MASK_FIELD}, "input"),
+    ServiceSpec("stable-image-remove-background", "Remove Background", ("image",),
+                {"image": IMAGE_FIELD, "output_format": FORMAT_FIELD}, "input", transparent=True),
+    ServiceSpec("stable-image-control-sketch", "Control Sketch", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "control_strength": _between(0, 1),
+                 **_PROMPTED, "style_preset": STYLE_FIELD}, "input"),
+    ServiceSpec("stable-image-control-structure", "Control Structure", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD, "control_strength": _between(0, 1),
+                 **_PROMPTED, "style_preset": STYLE_FIELD}, "input"),
+    ServiceSpec("stable-image-style-guide", "Style Guide", ("prompt", "image"),
+                {"prompt": TEXT_FIELD, "image": IMAGE_FIELD,
+                 "aspect_ratio": FieldRule("enum", options=ASPECT_RATIOS), **_PROMPTED,
+                 "fidelity": _between(0, 1), "style_preset": STYLE_FIELD}, "aspect"),
+    ServiceSpec("stable-style-transfer", "Style Transfer", ("init_image", "style_image"),
+                {"init_image": IMAGE_FIELD, "style_image": IMAGE_FIELD, "prompt": TEXT_FIELD,
+                 **_PROMPTED, "composition_fidelity": _between(0, 1),
+                 "style_strength": _between(0, 1), "change_strength": _between(0.1, 1)},
+                "init-image"),
+)
+IMAGE_SERVICES = {spec.model_id: spec for spec in _SERVICES}  # by base id
+SERVICE_PROFILES = {spec.profile_id: spec for spec in _SERVICES}
+
+# --------------------------------------------------------------------------------------
 # Catalogue: regions and GetFoundationModel details (Part B sections 1.1, 3.1, 5.1)
 # --------------------------------------------------------------------------------------
 
@@ -185,6 +402,7 @@ class CatalogEntry:
     provider: str
     regions: tuple[str, ...]
     inputs: tuple[str, ...]
+    inference_types: tuple[str, ...] = ("ON_DEMAND",)
 
 
 # Regions: Titan v2 and Nova Canvas from Part B 5.1, Stability from 1.1 (us-west-2 only).
@@ -203,6 +421,15 @@ CATALOG = {
     STABLE_IMAGE_ULTRA: CatalogEntry("Stable Image Ultra 1.0", "Stability AI", ("us-west-2",),
                                      ("TEXT",)),
 }
+# Image Services by base id (2.1). modelName is the 2.1 table's service name and the modalities
+# follow the body (TEXT when a prompt is accepted): both stand-in choices. The service reports
+# INFERENCE_PROFILE for profile-only models although botocore's enum lacks it (3.1).
+CATALOG.update({
+    spec.model_id: CatalogEntry(spec.title, "Stability AI", SERVICE_REGIONS,
+                                ("TEXT", "IMAGE") if "prompt" in spec.fields else ("IMAGE",),
+                                ("INFERENCE_PROFILE",))
+    for spec in _SERVICES
+})
 # The real Legacy/EOL dates (Part B 5.1), ready for the legacy_models knob. The stand-in's
 # default is ACTIVE so tests opt in to lifecycle behaviour.
 DOCUMENTED_LIFECYCLE = {
@@ -221,6 +448,7 @@ MODEL_IDENTIFIER_RE = re.compile(MODEL_IDENTIFIER_PATTERN)
 SCOPE_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/[^/,\s]+/aws4_request")
 
 FOUNDATION_ARN_RE = re.compile(r"^arn:aws[a-z-]*:bedrock:[a-z0-9-]*::foundation-model/(.+)$")
+PROFILE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d{12}:inference-profile/(.+)$")
 
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 MALFORMED = "Malformed input request: {pointer}: {reason}, please reformat your input and try again."
@@ -522,6 +750,8 @@ def _jsonable(value: Any) -> Any:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32K window, "fastest" level hint
 BAND_ROWS = 8
+# Editing answers take the input's size, so sizes are no longer a short fixed list: bound the cache.
+MAX_TEMPLATES = 64
 ADLER_BASE = 65521
 # 16 grey levels: about 4 bits of entropy per byte, so a 1024x1024 RGB image deflates to
 # ~1.5 MB, the size of a real Titan PNG, instead of 3 MB of pure noise.
@@ -598,6 +828,8 @@ class PngFactory:
         if template is None:
             with self._lock:
                 template = self._templates.get(key) or self._build(width, height, kind)
+                if key not in self._templates and len(self._templates) >= MAX_TEMPLATES:
+                    self._templates.pop(next(iter(self._templates)))  # oldest first
                 self._templates[key] = template
         return template
 
@@ -992,10 +1224,11 @@ class InvalidRequest(Exception):
 
 
 @dataclass(frozen=True)
-class TextImageRequest:
-    """The validated parts of a TEXT_IMAGE body that shape the output."""
+class AmazonImageRequest:
+    """The validated parts of a Titan v2 / Nova Canvas body that shape the output."""
 
-    text: str
+    task: str
+    text: str  # "" when the task has no (or an omitted optional) text
     negative_text: str
     count: int
     width: int
@@ -1003,6 +1236,17 @@ class TextImageRequest:
     seed: int
     cfg_scale: float
     quality: str
+    digest: str = ""  # of the input images, so different inputs give different pictures
+    transparent: bool = False  # BACKGROUND_REMOVAL answers an RGBA PNG
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What a task's params object contributes: its prompts and, for edits, the input size."""
+
+    text: str
+    negative_text: str
+    size: tuple[int, int] | None = None
 
 
 _MISSING = object()
@@ -1088,22 +1332,131 @@ def _load_object(body: bytes) -> dict:
     return doc
 
 
-def parse_text_image(spec: ModelSpec, body: bytes) -> TextImageRequest:
-    """Validate an InvokeModel body like the real schema does; raise InvalidRequest."""
+def _array(value: Any, pointer: str, min_items: int, max_items: int) -> list:
+    """Require a JSON array with an item count within bounds."""
+    if not isinstance(value, list):
+        raise InvalidRequest.at(pointer, f"expected type: JSONArray, found: {_json_type(value)}")
+    if len(value) < min_items:
+        raise InvalidRequest.at(pointer, f"expected minimum item count: {min_items}, "
+                                         f"found: {len(value)}")
+    if len(value) > max_items:
+        raise InvalidRequest.at(pointer, f"expected maximum item count: {max_items}, "
+                                         f"found: {len(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Input images (Titan/Nova params and the Image Services)
+# --------------------------------------------------------------------------------------
+
+PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
+
+
+def decode_image(value: Any, pointer: str, rule: ImageRule) -> Any:
+    """Decode a base64 input image fully and check it against ``rule``; return the Pillow image."""
+    from PIL import Image  # lazy: only bodies with input images need Pillow
+
+    encoded = _string(value, pointer, 1)
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if rule.max_bytes is not None and len(data) > rule.max_bytes:
+        raise InvalidRequest.at(pointer, f"image must be at most {rule.max_bytes} bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise InvalidRequest.at(pointer, "image has too many pixels") from None
+    except (OSError, ValueError, SyntaxError):
+        image = None
+    if image is None or PILLOW_FORMATS.get(image.format) not in rule.formats:
+        raise InvalidRequest.at(pointer, f"image must be a base64-encoded {_format_list(rule)}")
+    _check_dimensions(image.size, pointer, rule)  # from the header, before decoding pixels
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError):
+        raise InvalidRequest.at(pointer, "image data is truncated or corrupt") from None
+    if rule.opaque and _has_transparency(image):
+        raise InvalidRequest.at(pointer, "image must not contain transparent or translucent pixels")
+    return image
+
+
+def _format_list(rule: ImageRule) -> str:
+    """'PNG or JPEG' / 'JPEG, PNG or WebP'."""
+    names = [FORMAT_NAMES[fmt] for fmt in rule.formats]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def _check_dimensions(size: tuple[int, int], pointer: str, rule: ImageRule) -> None:
+    """Side, pixel-count and aspect-ratio limits."""
+    short, long = sorted(size)
+    if short < rule.min_side or (rule.max_side is not None and long > rule.max_side):
+        bound = (f"at least {rule.min_side}" if rule.max_side is None
+                 else f"between {rule.min_side} and {rule.max_side}")
+        raise InvalidRequest.at(pointer, f"every side must be {bound} pixels, got "
+                                         f"{size[0]}x{size[1]}")
+    pixels = size[0] * size[1]
+    if pixels < rule.min_pixels or (rule.max_pixels is not None and pixels > rule.max_pixels):
+        bound = (f"at most {rule.max_pixels}" if rule.min_pixels <= 1
+                 else f"between {rule.min_pixels} and {rule.max_pixels}")
+        raise InvalidRequest.at(pointer, f"total pixel count must be {bound}, got {pixels}")
+    if rule.max_aspect is not None and long > short * rule.max_aspect:
+        ratio = f"{rule.max_aspect:g}"
+        raise InvalidRequest.at(pointer, f"aspect ratio must be between 1:{ratio} and {ratio}:1")
+
+
+def _has_transparency(image: Any) -> bool:
+    """Whether any pixel is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
+def _mask_image(spec: ModelSpec, value: Any, pointer: str, size: tuple[int, int]) -> None:
+    """A Titan/Nova maskImage: same size as the image, pure black and white only (Part A 3.5)."""
+    mask = decode_image(value, pointer, spec.input_rule)
+    if mask.size != size:
+        raise InvalidRequest.at(pointer, "maskImage must be the same size as image ({}x{}), got "
+                                         "{}x{}".format(*size, *mask.size))
+    colours = mask.convert("RGB").getcolors(len(MASK_COLORS))
+    if colours is None or any(colour not in MASK_COLORS for _, colour in colours):
+        raise InvalidRequest.at(pointer, "maskImage must contain only pure black (0 0 0) and "
+                                         "pure white (255 255 255) pixels")
+
+
+def _digest(*parts: Any) -> str:
+    """A short stable hash of the inputs that shape an edit."""
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# InvokeModel: Titan v2 / Nova Canvas task types (reference sections 1.1-1.9, Part A 3.2-3.5)
+# --------------------------------------------------------------------------------------
+
+
+def parse_text_image(spec: ModelSpec, body: bytes) -> AmazonImageRequest:
+    """Validate a Titan v2 / Nova Canvas body of any task type; raise InvalidRequest."""
     doc = _load_object(body)
     task = _enum(_required(doc, "taskType", "#"), "#/taskType", TASK_TYPES)
-    if task != "TEXT_IMAGE":
-        raise InvalidRequest.at("#/taskType", f"{task} is not supported by stand-in")
-    _object(doc, "#", TOP_KEYS)
-    params = _object(_required(doc, "textToImageParams", "#"), "#/textToImageParams",
-                     spec.text_keys)
-    text, negative = _texts(spec, params)
-    config = _object(_optional(doc, "imageGenerationConfig", {}), "#/imageGenerationConfig",
-                     CONFIG_KEYS)
-    width, height = _size(config)
-    return TextImageRequest(
-        text=text,
-        negative_text=negative,
+    params_key = TASK_PARAMS[task]
+    # imageGenerationConfig "is common to all task types except BACKGROUND_REMOVAL" (Part A 3.3).
+    top = {"taskType", params_key}
+    if task != BACKGROUND_REMOVAL:
+        top.add("imageGenerationConfig")
+    _object(doc, "#", frozenset(top))
+    given = TASK_PARSERS[task](spec, task, _required(doc, params_key, "#"), "#/" + params_key)
+    digest = "" if task == "TEXT_IMAGE" else _digest(doc[params_key])
+    if task == BACKGROUND_REMOVAL:
+        return AmazonImageRequest(task, "", "", 1, *given.size, DEFAULT_SEED, spec.cfg_default,
+                                  "standard", digest, transparent=True)
+    keys = CONFIG_KEYS - {"width", "height"} if task in INPUT_SIZED_TASKS else CONFIG_KEYS
+    config = _object(_optional(doc, "imageGenerationConfig", {}), "#/imageGenerationConfig", keys)
+    width, height = given.size or _size(config)
+    return AmazonImageRequest(
+        task=task,
+        text=given.text,
+        negative_text=given.negative_text,
         count=_number(_optional(config, "numberOfImages", 1),
                       "#/imageGenerationConfig/numberOfImages", 1, 5, integer=True),
         width=width,
@@ -1114,23 +1467,32 @@ def parse_text_image(spec: ModelSpec, body: bytes) -> TextImageRequest:
                           "#/imageGenerationConfig/cfgScale", 1.1, 10.0),
         quality=_enum(_optional(config, "quality", "standard"),
                       "#/imageGenerationConfig/quality", QUALITIES),
+        digest=digest,
     )
 
 
-def _texts(spec: ModelSpec, params: dict) -> tuple[str, str]:
-    """Validate text, negativeText, style and image conditioning."""
-    pointer = "#/textToImageParams"
-    text = _string(_required(params, "text", pointer), pointer + "/text", 1, spec.text_max)
+def _prompts(spec: ModelSpec, task: str, params: dict, pointer: str) -> tuple[str, str]:
+    """Validate text (required or optional per task and model) and negativeText."""
+    text = ""
+    if task in spec.text_required or "text" in params:
+        text = _string(_required(params, "text", pointer), pointer + "/text", 1, spec.text_max)
     negative = ""
     if "negativeText" in params:
         negative = _string(params["negativeText"], pointer + "/negativeText", 1, spec.text_max)
-    if "style" in params:
-        _string(params["style"], pointer + "/style", 1)
-    _conditioning(params, pointer)
     return text, negative
 
 
-def _conditioning(params: dict, pointer: str) -> None:
+def _text_image_params(spec: ModelSpec, task: str, value: Any, pointer: str) -> TaskInput:
+    """textToImageParams: text, negativeText, style and image conditioning."""
+    params = _object(value, pointer, spec.text_keys)
+    text, negative = _prompts(spec, task, params, pointer)
+    if "style" in params:
+        _string(params["style"], pointer + "/style", 1)
+    _conditioning(spec, params, pointer)
+    return TaskInput(text, negative)
+
+
+def _conditioning(spec: ModelSpec, params: dict, pointer: str) -> None:
     """Validate the optional conditionImage / controlMode / controlStrength trio."""
     if "controlMode" in params:
         _enum(params["controlMode"], pointer + "/controlMode", CONTROL_MODES)
@@ -1140,16 +1502,69 @@ def _conditioning(params: dict, pointer: str) -> None:
         if "controlMode" in params or "controlStrength" in params:
             raise InvalidRequest.at(pointer, "required key [conditionImage] not found")
         return
-    image_pointer = pointer + "/conditionImage"
-    encoded = _string(params["conditionImage"], image_pointer, 1)
-    try:
-        info = inspect_image(base64.b64decode(encoded, validate=True))
-    except (binascii.Error, ValueError):
-        info = None
-    if info is None:
-        raise InvalidRequest.at(image_pointer, "image must be a base64-encoded PNG or JPEG")
-    if max(info.width or 0, info.height or 0) > MAX_INPUT_SIDE:
-        raise InvalidRequest.at(image_pointer, f"longer side must be <= {MAX_INPUT_SIDE}")
+    decode_image(params["conditionImage"], pointer + "/conditionImage", spec.input_rule)
+
+
+def _variation_params(spec: ModelSpec, task: str, value: Any, pointer: str) -> TaskInput:
+    """imageVariationParams: 1-5 images, similarityStrength 0.2-1.0, text, negativeText."""
+    params = _object(value, pointer, VARIATION_KEYS)
+    text, negative = _prompts(spec, task, params, pointer)
+    images = _array(_required(params, "images", pointer), pointer + "/images", 1, 5)
+    for index, image in enumerate(images):
+        decode_image(image, f"{pointer}/images/{index}", spec.input_rule)
+    if "similarityStrength" in params:
+        _number(params["similarityStrength"], pointer + "/similarityStrength", 0.2, 1.0)
+    return TaskInput(text, negative)
+
+
+def _painting_params(spec: ModelSpec, task: str, value: Any, pointer: str) -> TaskInput:
+    """in/outPaintingParams: image, exactly one of maskPrompt/maskImage, prompts, mode."""
+    params = _object(value, pointer, OUTPAINT_KEYS if task == "OUTPAINTING" else INPAINT_KEYS)
+    text, negative = _prompts(spec, task, params, pointer)
+    image = decode_image(_required(params, "image", pointer), pointer + "/image", spec.input_rule)
+    if ("maskPrompt" in params) == ("maskImage" in params):
+        raise InvalidRequest.at(pointer, "exactly one of [maskPrompt, maskImage] is required")
+    if "maskPrompt" in params:
+        # No length is documented for maskPrompt; the model's text limit is the stand-in's choice.
+        _string(params["maskPrompt"], pointer + "/maskPrompt", 1, spec.text_max)
+    else:
+        _mask_image(spec, params["maskImage"], pointer + "/maskImage", image.size)
+    if "outPaintingMode" in params:
+        _enum(params["outPaintingMode"], pointer + "/outPaintingMode", OUTPAINTING_MODES)
+    # "The output size is the same as the input size" (section 1.4).
+    return TaskInput(text, negative, image.size)
+
+
+def _color_params(spec: ModelSpec, task: str, value: Any, pointer: str) -> TaskInput:
+    """colorGuidedGenerationParams: text, 1-10 #RRGGBB colors, optional referenceImage."""
+    params = _object(value, pointer, COLOR_KEYS)
+    text, negative = _prompts(spec, task, params, pointer)
+    colors = _array(_required(params, "colors", pointer), pointer + "/colors", 1, 10)
+    for index, colour in enumerate(colors):
+        colour_pointer = f"{pointer}/colors/{index}"
+        if not COLOR_RE.match(_string(colour, colour_pointer)):
+            raise InvalidRequest.at(colour_pointer,
+                                    f"string [{colour}] does not match pattern {COLOR_PATTERN}")
+    if "referenceImage" in params:
+        decode_image(params["referenceImage"], pointer + "/referenceImage", spec.input_rule)
+    return TaskInput(text, negative)
+
+
+def _background_params(spec: ModelSpec, task: str, value: Any, pointer: str) -> TaskInput:
+    """backgroundRemovalParams: the image only; the answer has the input's size."""
+    params = _object(value, pointer, BACKGROUND_KEYS)
+    image = decode_image(_required(params, "image", pointer), pointer + "/image", spec.input_rule)
+    return TaskInput("", "", image.size)
+
+
+TASK_PARSERS: dict[str, Callable[[ModelSpec, str, Any, str], TaskInput]] = {
+    "TEXT_IMAGE": _text_image_params,
+    "INPAINTING": _painting_params,
+    "OUTPAINTING": _painting_params,
+    "IMAGE_VARIATION": _variation_params,
+    "COLOR_GUIDED_GENERATION": _color_params,
+    BACKGROUND_REMOVAL: _background_params,
+}
 
 
 def _size(config: dict) -> tuple[int, int]:
@@ -1167,11 +1582,30 @@ def _size(config: dict) -> tuple[int, int]:
     return width, height
 
 
-def canonical_model(model_id: str) -> str | None:
-    """Map a model id or foundation-model ARN to a model id the stand-in knows."""
-    match = FOUNDATION_ARN_RE.match(model_id)
-    known = match.group(1) if match else model_id
+# --------------------------------------------------------------------------------------
+# InvokeModel: model resolution, access and dispatch
+# --------------------------------------------------------------------------------------
+
+
+def _strip_arn(model_id: str) -> str:
+    """The id inside a foundation-model or inference-profile ARN (or the id itself)."""
+    match = FOUNDATION_ARN_RE.match(model_id) or PROFILE_ARN_RE.match(model_id)
+    return match.group(1) if match else model_id
+
+
+def canonical_model(model_id: str, profiles: bool = True) -> str | None:
+    """Map a model id, ARN or (if ``profiles``) Image Services profile to a catalogued model id."""
+    known = _strip_arn(model_id)
+    if profiles and known in SERVICE_PROFILES:
+        known = SERVICE_PROFILES[known].model_id
     return known if known in CATALOG else None
+
+
+def _aliases(known: str | None) -> set[str]:
+    """A catalogued id plus its US profile id, so knobs may name either (Image Services)."""
+    if known in IMAGE_SERVICES:
+        return {known, IMAGE_SERVICES[known].profile_id}
+    return {known} if known else set()
 
 
 def _model_arn(model_id: str, region: str | None = None) -> str:
@@ -1212,8 +1646,9 @@ def _invoke(state: StandinState, model_id: str, region: str | None, body: bytes)
     if len(body) > MAX_INVOKE_BODY:
         return bedrock_error("ValidationException", "Input is too long for requested model.")
     known = canonical_model(model_id)
-    if known in STABILITY_MODELS:
-        reply = _invoke_stability(state, knobs, STABILITY_MODELS[known], body)
+    stability = IMAGE_SERVICES.get(known) or STABILITY_MODELS.get(known)
+    if stability is not None:
+        reply = _invoke_stability(state, knobs, stability, body)
     else:
         reply = _invoke_titan(state, knobs, MODELS[known], body)
     if reply.status == 200:
@@ -1247,7 +1682,11 @@ def _access_fault(state: StandinState, knobs: dict, model_id: str,
     known = canonical_model(model_id)
     if known is not None and not _offered(known, region):
         return bedrock_error("ValidationException", INVALID_MODEL_MESSAGE)  # Part B section 4
-    refusal = _refusal(knobs, {model_id, known})
+    if known in IMAGE_SERVICES and _strip_arn(model_id) not in SERVICE_PROFILES:
+        # Image Services are invoked through `us.` profiles only (2.1); stand-in choice, see
+        # ON_DEMAND_MESSAGE.
+        return bedrock_error("ValidationException", ON_DEMAND_MESSAGE.format(model_id=model_id))
+    refusal = _refusal(knobs, {model_id, _strip_arn(model_id)} | _aliases(known))
     if refusal is not None:
         return refusal
     if known is None:
@@ -1277,19 +1716,25 @@ def _refusal(knobs: dict, ids: set) -> Reply | None:
     return bedrock_error(code, REFUSAL_MESSAGES[code])
 
 
-def _images_reply(state: StandinState, spec: ModelSpec, request: TextImageRequest,
+def _images_reply(state: StandinState, spec: ModelSpec, request: AmazonImageRequest,
                   kind: str) -> Reply:
     """Build {"images": [...], "error": null} from spliced base64 pieces."""
     texts = _flag_texts(request.text)
     pieces = [b'{"images": [']
     for index in range(request.count):
-        material = "\0".join((spec.model_id, request.text, request.negative_text,
-                              str(request.seed), str(index))).encode()
+        parts = (spec.model_id, request.text, request.negative_text, str(request.seed), str(index))
+        if request.digest:  # edits: the inputs shape the picture too
+            parts += (request.task, request.digest)
+        material = "\0".join(parts).encode()
         if index:
             pieces.append(b", ")
         pieces.append(b'"')
-        pieces.extend(state.pngs.render_b64(request.width, request.height, kind, material,
-                                            texts))
+        if request.transparent:
+            pieces.append(base64.b64encode(pillow_image(request.width, request.height, "png", kind,
+                                                        material, [], transparent=True)))
+        else:
+            pieces.extend(state.pngs.render_b64(request.width, request.height, kind, material,
+                                                texts))
         pieces.append(b'"')
     pieces.append(b'], "error": null}')
     headers = {"Content-Type": "application/json", "x-amzn-RequestId": _request_id()}
@@ -1317,6 +1762,8 @@ class StabilityRequest:
     output_format: str
     width: int
     height: int
+    digest: str = ""  # Image Services: of the input images and settings
+    transparent: bool = False  # Remove Background: an alpha channel where the format has one
 
 
 def parse_stability(spec: StabilitySpec, body: bytes) -> StabilityRequest:
@@ -1395,11 +1842,11 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _invoke_stability(state: StandinState, knobs: dict, spec: StabilitySpec,
+def _invoke_stability(state: StandinState, knobs: dict, spec: StabilitySpec | ServiceSpec,
                       body: bytes) -> Reply:
-    """Validation, then a finish reason from the markers, or one image (1.5, 1.6)."""
+    """Validation, then a finish reason from the markers, or one image (1.5, 1.6, 2.2)."""
     try:
-        request = parse_stability(spec, body)
+        request = spec.parse(body)
     except InvalidRequest as exc:
         return bedrock_error("ValidationException", str(exc))
     if MARK_BLOCKED in request.prompt:
@@ -1425,33 +1872,45 @@ def _finish_reply(reason: str) -> Reply:
     return reply
 
 
-def _stability_image_reply(state: StandinState, spec: StabilitySpec, request: StabilityRequest,
-                           seed: int, kind: str) -> Reply:
+def _stability_image_reply(state: StandinState, spec: StabilitySpec | ServiceSpec,
+                           request: StabilityRequest, seed: int, kind: str) -> Reply:
     """{"seeds": [seed], "finish_reasons": [null], "images": [one image]} (1.5: one per call)."""
-    material = "\0".join((spec.model_id, request.prompt, request.negative_prompt, str(seed),
-                          request.output_format)).encode()
+    parts = [spec.model_id, request.prompt, request.negative_prompt, str(seed),
+             request.output_format]
+    if request.digest:  # Image Services: the inputs shape the picture too
+        parts.append(request.digest)
+    material = "\0".join(parts).encode()
     texts = _flag_texts(request.prompt)
-    if request.output_format == "png":
+    if request.output_format == "png" and not request.transparent:
         image_b64 = state.pngs.render_b64(request.width, request.height, kind, material, texts)
     else:
         image_b64 = [base64.b64encode(pillow_image(request.width, request.height,
                                                    request.output_format, kind, material,
-                                                   [label for _, label in texts]))]
+                                                   [label for _, label in texts],
+                                                   transparent=request.transparent))]
     head = f'{{"seeds": [{seed}], "finish_reasons": [null], "images": ["'.encode()
     headers = {"Content-Type": "application/json", "x-amzn-RequestId": _request_id()}
     return Reply(200, headers, [head, *image_b64, b'"]}'], images=1)
 
 
 def pillow_image(width: int, height: int, fmt: str, kind: str, material: bytes,
-                 labels: list[str]) -> bytes:
-    """Encode a JPEG or WebP answer: the cached base plus the seed band, via Pillow."""
-    from PIL import Image  # lazy: only jpeg/webp answers need Pillow
+                 labels: list[str], transparent: bool = False) -> bytes:
+    """Encode a JPEG, WebP or (transparent) PNG answer: the cached base plus the seed band."""
+    from PIL import Image, PngImagePlugin  # lazy: only these answers need Pillow
 
     image = _pillow_base(width, height, kind).copy()
     band = PngFactory._band_pixels(width, kind, material)
     image.paste(Image.frombytes("RGB", (width, BAND_ROWS), band), (0, 0))
+    if transparent and fmt != "jpeg":  # JPEG has no alpha channel, so it stays opaque
+        image.putalpha(_cutout_alpha(width, height))
     out = io.BytesIO()
-    image.save(out, "JPEG" if fmt == "jpeg" else "WEBP", quality=85)
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        for label in labels:
+            info.add_text(MODERATION_KEYWORD, label)
+        image.save(out, "PNG", pnginfo=info, compress_level=1)
+    else:
+        image.save(out, "JPEG" if fmt == "jpeg" else "WEBP", quality=85)
     data = out.getvalue()
     if fmt == "jpeg" and labels:
         # COM segments right after SOI carry [[flag:...]] labels to the Rekognition stand-in.
@@ -1467,6 +1926,17 @@ def _jpeg_comment(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=32)
+def _cutout_alpha(width: int, height: int) -> Any:
+    """A background-removal alpha: an opaque centred "subject" on a fully transparent ground."""
+    from PIL import Image, ImageDraw  # lazy: only transparent answers need Pillow
+
+    alpha = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(alpha).ellipse((width // 4, height // 4, width * 3 // 4, height * 3 // 4),
+                                  fill=255)
+    return alpha
+
+
+@functools.lru_cache(maxsize=32)
 def _pillow_base(width: int, height: int, kind: str) -> Any:
     """The per-size picture every JPEG/WebP answer starts from (built once)."""
     from PIL import Image  # lazy: only jpeg/webp answers need Pillow
@@ -1475,6 +1945,98 @@ def _pillow_base(width: int, height: int, kind: str) -> Any:
         return Image.new("RGB", (width, height), (FLAT_GREY,) * 3)
     noise = random.Random(f"{width}x{height}").randbytes(width * height * 3)
     return Image.frombytes("RGB", (width, height), noise.translate(NOISE_TABLE))
+
+
+# --------------------------------------------------------------------------------------
+# InvokeModel: Stability Image Services (Part B 2.1-2.3)
+# --------------------------------------------------------------------------------------
+
+
+def parse_service(spec: ServiceSpec, body: bytes) -> StabilityRequest:
+    """Validate an Image Services body against its documented fields; raise InvalidRequest."""
+    doc = _load_object(body)
+    _object(doc, "#", frozenset(spec.fields))
+    for key in spec.required:
+        _required(doc, key, "#")
+    # Cheap checks first, images (decoded in full) last.
+    for key, rule in spec.fields.items():
+        if key in doc and rule.kind != "image":
+            _service_field(doc[key], "#/" + key, rule)
+    for key in NON_BLANK:
+        if key in spec.required and not doc[key].strip():
+            raise InvalidRequest.at("#/" + key, f"{key} must not be blank")
+    sizes = {key: decode_image(doc[key], "#/" + key, rule.image).size
+             for key, rule in spec.fields.items() if key in doc and rule.kind == "image"}
+    width, height = OUTPUT_SIZES[spec.output](doc, sizes)
+    return StabilityRequest(
+        prompt=doc.get("prompt", ""),
+        negative_prompt=doc.get("negative_prompt", ""),
+        mode=spec.name,
+        seed=doc.get("seed", 0),  # no seed field (Fast Upscale, Remove Background): random
+        output_format=doc.get("output_format", "png"),
+        width=width,
+        height=height,
+        digest=_digest({key: value for key, value in doc.items() if key != "seed"}),
+        transparent=spec.transparent,
+    )
+
+
+def _service_field(value: Any, pointer: str, rule: FieldRule) -> None:
+    """Check one non-image field by its rule."""
+    if rule.kind == "text":
+        _string(value, pointer, int(rule.low), int(rule.high))
+    elif rule.kind == "enum":
+        _enum(value, pointer, rule.options)
+    else:
+        _number(value, pointer, rule.low, rule.high, integer=rule.kind == "integer")
+
+
+def _input_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """The `image` size (stand-in choice, see _SERVICES)."""
+    return sizes["image"]
+
+
+def _init_image_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Style Transfer: the init_image size (stand-in choice)."""
+    return sizes["init_image"]
+
+
+def _outpaint_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """The input grown by its margins; at least one margin must be non-zero (2.3)."""
+    left, right, up, down = (doc.get(side, 0) for side in OUTPAINT_SIDES)
+    if not (left or right or up or down):
+        raise InvalidRequest.at("#", "at least one outpaint direction [left, right, up, down] "
+                                     "must be supplied with a non-zero value")
+    width, height = sizes["image"]
+    return width + left + right, height + up + down
+
+
+def _fast_upscale_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Fast Upscale: 4x each side (2.3 "4 times"; per side is the stand-in's reading)."""
+    width, height = sizes["image"]
+    return width * UPSCALE_FACTOR, height * UPSCALE_FACTOR
+
+
+def _upscale_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Conservative/Creative: 4x, long side at most 4096, never shrunk (stand-in choice)."""
+    width, height = sizes["image"]
+    scale = max(1.0, min(float(UPSCALE_FACTOR), UPSCALE_LONG_SIDE_CAP / max(width, height)))
+    return round(width * scale), round(height * scale)
+
+
+def _aspect_size(doc: dict, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Style Guide: the Core/Ultra table size for aspect_ratio (default 1:1, 2.3)."""
+    return CORE_ULTRA_SIZES[doc.get("aspect_ratio", "1:1")]
+
+
+OUTPUT_SIZES: dict[str, Callable[[dict, dict[str, tuple[int, int]]], tuple[int, int]]] = {
+    "input": _input_size,
+    "init-image": _init_image_size,
+    "outpaint": _outpaint_size,
+    "fast-upscale": _fast_upscale_size,
+    "upscale": _upscale_size,
+    "aspect": _aspect_size,
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -1502,9 +2064,10 @@ def _foundation_model(knobs: dict, identifier: str, region: str | None) -> Reply
             f"1 validation error detected: Value '{identifier}' at 'modelIdentifier' failed to "
             f"satisfy constraint: Member must satisfy regular expression pattern: "
             f"{MODEL_IDENTIFIER_PATTERN}"))
-    known = canonical_model(identifier)
+    # A `us.` profile id is not a foundation model: GetInferenceProfile describes it (3.1).
+    known = canonical_model(identifier, profiles=False)
     offered = known is not None and _offered(known, region)
-    if (offered or known is None) and {identifier, known} & knobs["retired_models"]:
+    if (offered or known is None) and ({identifier} | _aliases(known)) & knobs["retired_models"]:
         return bedrock_error("ResourceNotFoundException", EOL_CONTROL_MESSAGE)
     if not offered:
         # Never-existing / not-in-region text is UNCONFIRMED (Part B 3.1, 6.8): stand-in choice.
@@ -1515,7 +2078,8 @@ def _foundation_model(knobs: dict, identifier: str, region: str | None) -> Reply
 def model_details(knobs: dict, model_id: str, region: str | None) -> dict[str, Any]:
     """FoundationModelDetails; image models omit responseStreamingSupported (3.1 sample)."""
     entry = CATALOG[model_id]
-    dates = knobs["legacy_models"].get(model_id)
+    dates = next((knobs["legacy_models"][alias] for alias in sorted(_aliases(model_id))
+                  if alias in knobs["legacy_models"]), None)
     # Timestamps are iso8601 strings (botocore Timestamp shape); ACTIVE models carry only the
     # status because no launch date is documented for them.
     lifecycle = {"status": "LEGACY", **dates} if dates else {"status": "ACTIVE"}
@@ -1527,7 +2091,7 @@ def model_details(knobs: dict, model_id: str, region: str | None) -> dict[str, A
         "inputModalities": list(entry.inputs),
         "outputModalities": ["IMAGE"],
         "customizationsSupported": [],
-        "inferenceTypesSupported": ["ON_DEMAND"],
+        "inferenceTypesSupported": list(entry.inference_types),
         "modelLifecycle": lifecycle,
     }
 

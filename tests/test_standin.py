@@ -245,7 +245,8 @@ def _with(mutate):
         (_with(lambda d: d.update(extra=1)), "#: extraneous key [extra] is not permitted"),
         (_with(lambda d: d["textToImageParams"].update(style="X")), "extraneous key [style]"),
         (_with(lambda d: d.update(taskType="PAINT")), "#/taskType: PAINT is not a valid enum value"),
-        (_with(lambda d: d.update(taskType="INPAINTING")), "#/taskType: INPAINTING is not supported by stand-in"),
+        # INPAINTING is a task of its own, with its own params object: TEXT_IMAGE's is refused there.
+        (_with(lambda d: d.update(taskType="INPAINTING")), "#: extraneous key [textToImageParams] is not permitted"),
         (_with(lambda d: d.pop("textToImageParams")), "#: required key [textToImageParams] not found"),
         (_with(lambda d: d["textToImageParams"].update(negativeText="")), "negativeText: expected minLength"),
         (_with(lambda d: d["textToImageParams"].update(controlMode="CANNY_EDGE")), "[conditionImage] not found"),

@@ -15,14 +15,15 @@ from generation.model_registry import EDIT_TASKS, ModelProfile
 from image_generation import SIZED_TASKS, GenerationRequest
 from web.edit_schema import KIND_FIELDS, parse_edit, task_fields
 from web.model_catalog import named_profile, task_profiles
-from web.request_schema import SEGMENT, TEXT_FIELDS, check_place
+from web.request_schema import SEGMENT, check_place
 
 # When a request names no model, today's active models come first: Stability's services and SD3.5,
 # then the offline placeholder, then the Amazon models kept for accounts that still have them.
 FAMILY_ORDER = {"stability_service": 0, "stability": 1, "placeholder": 2, "amazon": 3}
-NOT_PARAMS = TEXT_FIELDS | {"task", "model", "output_folder", "file_name_prefix", "count", "seed", "source_key",
-                            "image", "resize", "mask_image", "style_source_key", "style_image", "width", "height",
-                            "quality", "cfg_scale"}
+# Fields the request carries itself; the rest of a task's fields travel to the model as its params.
+NOT_PARAMS = {"prompt", "negative_prompt", "task", "model", "output_folder", "file_name_prefix", "count", "seed",
+              "source_key", "image", "resize", "mask_image", "style_source_key", "style_image", "width", "height",
+              "quality", "cfg_scale"}
 AMAZON_CONTROL = ("canny_edge", "segmentation")
 
 

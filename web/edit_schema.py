@@ -71,7 +71,8 @@ def _field_types(profile: ModelProfile, task: str) -> dict[str, Any]:
 _AMAZON_LOOK = {"negative_prompt": False, "quality": False, "cfg_scale": False}
 _SIZE = {"width": False, "height": False}
 TASK_FIELDS: dict[tuple[str, str, str], dict[str, bool]] = {
-    ("amazon", "variation", ""): {"prompt": False, "similarity": False, **_AMAZON_LOOK, **_SIZE},
+    # Nova's schema marks the variation's text required (its overview says optional): required here.
+    ("amazon", "variation", ""): {"prompt": True, "similarity": False, **_AMAZON_LOOK, **_SIZE},
     ("amazon", "inpaint", ""): {"prompt": False, "mask_prompt": False, "mask_image": False, **_AMAZON_LOOK},
     ("amazon", "outpaint", ""): {"prompt": False, "mask_prompt": False, "mask_image": False,
                                  "outpainting_mode": False, **_AMAZON_LOOK},
