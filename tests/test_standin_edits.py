@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from PIL import Image, ImageDraw
 
 from standins.aws_standin import BLOCKED_PROMPT_MESSAGE, NOVA_CANVAS, TITAN_V2, StandinServer
+from tests.test_standin_stability import error_of  # noqa: E402 - one helper for all stand-in tests
 
 pytestmark = pytest.mark.integration
 
@@ -123,11 +124,6 @@ def invoke(client, body, model_id) -> dict:
     return json.loads(response["body"].read())
 
 
-def error_of(call) -> ClientError:
-    """Run ``call`` and return the ClientError it raises."""
-    with pytest.raises(ClientError) as info:
-        call()
-    return info.value
 
 
 def decoded(b64: str) -> Image.Image:

@@ -16,15 +16,11 @@ from pydantic_core import PydanticCustomError
 from generation.errors import InvalidRequest
 from generation.model_registry import EDIT_TASKS, ModelProfile
 from web.request_schema import (
-    DEFAULT_COUNT,
-    FOLDER_PATTERN,
-    MAX_FOLDER,
-    MAX_PREFIX,
-    PREFIX_PATTERN,
     _Body,
     _integer,
     _text,
     messages,
+    place_fields,
 )
 
 COLOR = r"^#[0-9A-Fa-f]{6}$"
@@ -131,12 +127,7 @@ def edit_model(profile: ModelProfile, task: str, named: bool) -> type[BaseModel]
     fields: dict[str, Any] = {
         "task": (Literal[task], ...),
         "model": (Literal[profile.model_id], ... if named else None),
-        "output_folder": (Annotated[str, StringConstraints(min_length=1, max_length=MAX_FOLDER,
-                                                           pattern=FOLDER_PATTERN)], ...),
-        "file_name_prefix": (Annotated[str, StringConstraints(min_length=1, max_length=MAX_PREFIX,
-                                                              pattern=PREFIX_PATTERN)], ...),
-        "count": (_integer(1, profile.max_images), DEFAULT_COUNT),
-        "seed": (_integer(profile.min_seed, profile.max_seed), None),
+        **place_fields(profile),
         "source_key": (KEY, None),
         "image": (BASE64, None),
         # Inputs outside the model's sides or pixel count are refused unless the caller lets them be resized.

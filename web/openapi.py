@@ -67,6 +67,10 @@ MANIFEST = {
     },
 }
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
+                   "description": "A retried POST with the same key returns the first answer"}
+
 MODELS = {
     "type": "object", "required": ["default", "fallback_chain", "models"],
     "properties": {
@@ -130,9 +134,7 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
                                 "responses": {"200": _json_response("The models", MODELS), **_problems(401, 500)}}},
             "/generate_images": {"post": {
                 "summary": "Generate, screen and store images; answer the manifest",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
-                                "description": "A retried POST with the same key returns the first answer"}],
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": request_schema(profiles)}}},
                 "responses": {"200": _json_response("The manifest", MANIFEST),
@@ -140,9 +142,7 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
             }},
             "/edit_images": {"post": {
                 "summary": "Edit an image (variation, inpaint, outpaint, upscale, ...); the same manifest",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
-                                "description": "A retried POST with the same key returns the first answer"}],
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": edit_request_schema(list(edits)) if edits else {"type": "object"}}}},
                 "responses": {"200": _json_response("The manifest", MANIFEST),

@@ -81,18 +81,25 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", regex_engine="python-re")
 
 
-@functools.cache
-def body_model(profile: ModelProfile, default: bool) -> type[BaseModel]:
-    """The request body one model takes; `default` when the model is used without being named."""
-    fields: dict[str, Any] = {
-        "model": (Literal[profile.model_id], None if default else ...),
-        "prompt": (_text(profile), ...),
+def place_fields(profile: ModelProfile) -> dict[str, Any]:
+    """The fields every request has: where the images go, how many, and their seed."""
+    return {
         "output_folder": (Annotated[str, StringConstraints(min_length=1, max_length=MAX_FOLDER,
                                                            pattern=FOLDER_PATTERN)], ...),
         "file_name_prefix": (Annotated[str, StringConstraints(min_length=1, max_length=MAX_PREFIX,
                                                               pattern=PREFIX_PATTERN)], ...),
         "count": (_integer(1, profile.max_images), DEFAULT_COUNT),
         "seed": (_integer(profile.min_seed, profile.max_seed), None),
+    }
+
+
+@functools.cache
+def body_model(profile: ModelProfile, default: bool) -> type[BaseModel]:
+    """The request body one model takes; `default` when the model is used without being named."""
+    fields: dict[str, Any] = {
+        "model": (Literal[profile.model_id], None if default else ...),
+        "prompt": (_text(profile), ...),
+        **place_fields(profile),
     }
     if profile.negative_prompt:
         fields["negative_prompt"] = (_text(profile), None)
