@@ -186,6 +186,13 @@ def on_exit(server):
         shutil.rmtree(private, ignore_errors=True)
 
 
+def post_worker_init(worker):
+    """gunicorn's own answers to requests it cannot parse (e.g. 431, too many headers) in JSON, like the app's."""
+    from web.server_errors import install
+
+    install(worker)
+
+
 def child_exit(server, worker):
     """Let the metrics forget the live gauges of a worker that exited."""
     from web.metrics import child_exit as forget_worker

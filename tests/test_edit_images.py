@@ -146,3 +146,18 @@ def test_inputs_outside_the_models_limits_are_resized_only_when_asked(client, da
     resized = edit(client, task="inpaint", image=tiny, count=1, resize=True)
     assert resized.status_code == 200
     assert min(png_size((data_dir / resized.get_json()["images"][0]).read_bytes())) >= 64
+
+
+def test_an_input_is_re_encoded_without_its_metadata():
+    from PIL import PngImagePlugin
+
+    from generation.input_images import check_image
+    from generation.model_registry import NOVA_CANVAS
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "someone@example.com")
+    out = io.BytesIO()
+    Image.new("RGB", (512, 512), (1, 2, 3)).save(out, format="PNG", pnginfo=info)
+    assert b"someone@example.com" in out.getvalue()
+    clean = check_image(out.getvalue(), NOVA_CANVAS.input_rule, field="image", model_id=NOVA_CANVAS.model_id)
+    assert b"someone@example.com" not in clean and png_size(clean) == (512, 512)

@@ -50,18 +50,22 @@ def stored(s3, bucket, key) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+# Nova Canvas and Titan v2 do the same task types: each task on both.
+AMAZON_CASES = [
+    ({"task": "variation", "prompt": "the same", "similarity": 0.7, "width": 512, "height": 512}, (512, 512)),
+    ({"task": "inpaint", "prompt": "a blue sky", "mask_prompt": "sky"}, (512, 512)),
+    ({"task": "inpaint", "prompt": "a blue sky", "mask_image": mask()}, (512, 512)),
+    ({"task": "outpaint", "prompt": "more road", "mask_image": mask(), "outpainting_mode": "precise"},
+     (512, 512)),
+    ({"task": "remove_background"}, (512, 512)),
+    ({"task": "color_guided", "prompt": "a car", "colors": ["#ff0000", "#112233"], "width": 768, "height": 768},
+     (768, 768)),
+    ({"task": "condition", "prompt": "a car at night", "control_mode": "segmentation", "width": 512,
+      "height": 512}, (512, 512)),
+]
 CASES = [
     (SD35, {"task": "variation", "prompt": "the same car, at dusk", "strength": 0.6}, (1024, 1024)),
-    (NOVA, {"task": "variation", "prompt": "the same", "similarity": 0.7, "width": 512, "height": 512},
-     (512, 512)),
-    (TITAN, {"task": "inpaint", "prompt": "a blue sky", "mask_prompt": "sky"}, (512, 512)),
-    (NOVA, {"task": "outpaint", "prompt": "more road", "mask_image": mask(), "outpainting_mode": "precise"},
-     (512, 512)),
-    (NOVA, {"task": "remove_background"}, (512, 512)),
-    (NOVA, {"task": "color_guided", "prompt": "a car", "colors": ["#ff0000", "#112233"], "width": 768,
-            "height": 768}, (768, 768)),
-    (TITAN, {"task": "condition", "prompt": "a car at night", "control_mode": "segmentation", "width": 512,
-             "height": 512}, (512, 512)),
+    *[(model, fields, size) for model in (NOVA, TITAN) for fields, size in AMAZON_CASES],
     (service("stable-image-inpaint"), {"task": "inpaint", "prompt": "a blue sky", "mask_image": mask(),
                                        "grow_mask": 3}, (512, 512)),
     (service("stable-outpaint"), {"task": "outpaint", "left": 64, "right": 64, "up": 32}, (640, 544)),

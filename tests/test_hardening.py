@@ -243,3 +243,12 @@ def test_a_rebinding_page_cannot_pass_for_the_service_itself(open_service):
     forged = generate(base, headers={"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}",
                                      "Sec-Fetch-Site": "same-origin", "X-Forwarded-For": "192.0.2.50"})
     assert forged.status_code == 403 and images_under(data) == before
+
+
+def test_gunicorns_own_431_is_the_services_json_problem(open_service):
+    base, _ = open_service
+    headers = {f"X-Many-{n}": "v" for n in range(105)}  # over gunicorn's limit_request_fields (100)
+    response = requests.get(f"{base}/healthz", headers=headers, timeout=10)
+    assert response.status_code == 431
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == 431 and response.json()["request_id"]
