@@ -32,7 +32,8 @@ def build_models(settings: Settings) -> ModelChain:
     """Every model a request may use, the default first, with the fallback chain the settings name."""
     if settings.model == "bedrock":
         from backends.bedrock_model import BedrockModel
-        models = [BedrockModel.from_settings(settings, model_id) for model_id in settings.offered_model_ids]
+        clients: dict = {}  # one Bedrock Runtime client per region, shared by the models called there
+        models = [BedrockModel.from_settings(settings, model_id, clients) for model_id in settings.offered_model_ids]
         return ModelChain(models, settings.bedrock_fallback_model_ids, skip_seconds=settings.bedrock_skip_seconds)
     from backends.placeholder_model import PlaceholderModel
     return ModelChain([PlaceholderModel(settings.placeholder_latency_seconds)])

@@ -62,14 +62,20 @@ class BedrockModel:
         self._sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings, model_id: str | None = None) -> BedrockModel:
-        """A model (the default unless named) on this process's Bedrock Runtime client for its region."""
+    def from_settings(cls, settings, model_id: str | None = None, clients: dict | None = None) -> BedrockModel:
+        """A model (the default unless named) on this process's Bedrock Runtime client for its region.
+
+        `clients` (region -> client) lets the models of one region share one client and its pool.
+        """
         from backends.aws_clients import bedrock_runtime_client, session
         from generation.model_registry import call_region
 
         model_id = model_id or settings.bedrock_model_id
         region = call_region(model_id, session().region_name, settings.bedrock_region)
-        return cls(bedrock_runtime_client(settings, region), model_id,
+        clients = {} if clients is None else clients
+        if region not in clients:
+            clients[region] = bedrock_runtime_client(settings, region)
+        return cls(clients[region], model_id,
                    read_timeout=settings.bedrock_read_timeout_seconds, max_attempts=settings.bedrock_max_attempts)
 
     def generate(self, spec: ImageSpec, deadline: float) -> bytes:
