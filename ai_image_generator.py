@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.after_request(_stamp_request_id)
     install_request_timing(app)
     install_cross_site_guard(app, settings)
-    install_access(app, settings)
+    install_access(app, settings, services.signer)
     install_rate_limits(app, settings)
     install_cors(app, settings)
     install_metrics(app, settings)
@@ -240,7 +240,12 @@ def _run(generation) -> dict:
     services = _services()
     result = services.pipeline.run(generation, g.request_id)
     g.generation = result  # the access log, metrics and Server-Timing read this, not the JSON
-    return render_manifest(result, services.store, _public_base_url())
+    return render_manifest(result, services.store, image_url)
+
+
+def image_url(key: str) -> str:
+    """This service's signed, expiring URL for an image it serves itself (offline mode)."""
+    return _services().signer.url(_public_base_url(), key)
 
 
 def _public_base_url() -> str:

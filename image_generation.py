@@ -143,8 +143,11 @@ class ImageStore(Protocol):
     def check(self) -> None:
         """Raise if the store cannot be written to."""
 
-    def address(self, key: str, base_url: str) -> dict[str, str]:
-        """How a stored image is addressed and shown: `s3_uri` and a presigned `url`, or an offline `url`."""
+    def address(self, key: str, image_url: Callable[[str], str]) -> dict[str, str]:
+        """How a stored image is addressed and shown: `s3_uri` and a presigned `url`, or an offline `url`.
+
+        `image_url(key)` is this service's own URL for an image it serves itself (offline).
+        """
 
     def published(self, key: str) -> bytes | None:
         """The bytes of a published image that the service itself serves at /images/<key>, else None."""

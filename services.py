@@ -9,6 +9,9 @@ from generation.model_chain import ModelChain
 from image_generation import ImageModel, ImageStore, Pipeline, PipelineConfig, Screener, ScreeningOff
 from settings import Settings
 from web.idempotency import IdempotencyKeys
+from web.signed_urls import UrlSigner
+
+URL_SECONDS = 900  # a signed offline URL's life when no settings say (tests' hand-made Services)
 
 
 @dataclass
@@ -22,10 +25,13 @@ class Services:
     idempotency: IdempotencyKeys
     models: ModelChain | None = None
     lifecycle: object | None = None  # the LifecycleWatcher, when Bedrock's control plane is asked
+    signer: UrlSigner | None = None  # signs offline /images/ URLs, so they need no key header
 
     def __post_init__(self):
         if self.models is None:
             self.models = self.pipeline.models
+        if self.signer is None:
+            self.signer = UrlSigner(self.store, URL_SECONDS)
 
 
 def build_models(settings: Settings) -> ModelChain:
@@ -88,4 +94,4 @@ def build_services(settings: Settings, *, models: ModelChain | None = None, stor
     pipeline = Pipeline(models, store, screener, executor, config)
     return Services(models.models[models.default_id], store, screener, pipeline, idempotency, models,
                     build_lifecycle_watcher(settings, models) if models.default_id in settings.offered_model_ids
-                    else None)
+                    else None, UrlSigner(store, settings.s3_url_seconds or URL_SECONDS))

@@ -97,9 +97,9 @@ class FilesystemStore:
         except OSError:  # absent, a folder, or unreadable: not an image to serve
             return None
 
-    def address(self, key: str, base_url: str) -> dict[str, str]:
+    def address(self, key: str, image_url) -> dict[str, str]:
         """The URL at which this service serves the image (offline mode)."""
-        return {"url": f"{base_url.rstrip('/')}/images/{key}"}
+        return {"url": image_url(key)}
 
     def check(self) -> None:
         """Raise StoreFailed unless the root is a writable folder."""

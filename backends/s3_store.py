@@ -102,7 +102,7 @@ class S3Store:
         except BotoCoreError as error:
             raise StoreFailed(f"could not reach S3 to delete {key!r}: {type(error).__name__}") from error
 
-    def address(self, key: str, base_url: str = "") -> dict[str, str]:
+    def address(self, key: str, image_url=None) -> dict[str, str]:
         """The object's full `s3_uri` and, unless URLs are off, a presigned GET `url` for a UI to show it."""
         # `images` keeps the caller's keys; the full address (with the key prefix) goes beside them.
         found = {"s3_uri": f"s3://{self.bucket}/{self.object_key(key)}"}

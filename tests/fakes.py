@@ -80,8 +80,8 @@ class MemoryStore:
     def check(self) -> None:
         pass
 
-    def address(self, key: str, base_url: str) -> dict[str, str]:
-        return {"url": f"memory://{key}"}
+    def address(self, key: str, image_url) -> dict[str, str]:
+        return {"url": image_url(key)}
 
     def published(self, key: str) -> bytes | None:
         return self.get(key)

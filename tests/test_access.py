@@ -174,3 +174,16 @@ def test_read_keys_rejects_a_file_that_is_not_a_keys_file(keys_file):
     keys_file.write_text('{"users": []}')
     with pytest.raises(KeyFileError):
         read_keys(str(keys_file))
+
+
+def test_a_signed_image_url_opens_without_a_key_and_nothing_else_does(keyed_app):
+    key = cli_add(keyed_app, "ui")
+    client = keyed_app.test_client()
+    url = generate(client, Authorization=f"Bearer {key}").get_json()["image_details"][0]["url"]
+    path, query = url.removeprefix("http://localhost").split("?")
+    assert client.get(f"{path}?{query}").status_code == 200  # no key header: an <img src>
+    assert client.get(path).status_code == 401
+    forged = query.replace("signature=", "signature=0")
+    assert client.get(f"{path}?{forged}").status_code == 401
+    other = path.rsplit("/", 1)[0] + "/other.png"
+    assert client.get(f"{other}?{query}").status_code == 401  # the signature is for one key only

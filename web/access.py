@@ -17,7 +17,7 @@ OPEN_ENDPOINTS = frozenset({"health", "healthz", "readyz", "metrics"})
 REALM = 'Bearer realm="ai-image-generator"'
 
 
-def install_access(app: Flask, settings: Settings) -> None:
+def install_access(app: Flask, settings: Settings, signer=None) -> None:
     """Ask for an API key on every request when AIG_API_KEYS_FILE is set; say loudly when it is not."""
     if not settings.api_keys_file:
         if settings.offline:
@@ -35,7 +35,7 @@ def install_access(app: Flask, settings: Settings) -> None:
     else:
         log.warning("API keys are on but %s holds none yet: every request but health gets a 401 until "
                     "`flask --app wsgi keys add NAME` adds one", settings.api_keys_file)
-    app.before_request(partial(_require_key, ring))
+    app.before_request(partial(_require_key, ring, signer))
 
 
 def presented_key() -> str:
@@ -46,10 +46,13 @@ def presented_key() -> str:
     return request.headers.get("X-API-Key", "").strip()
 
 
-def _require_key(ring: KeyRing) -> Response | None:
+def _require_key(ring: KeyRing, signer) -> Response | None:
     # CORS preflights carry no credentials by design; answering them reveals nothing.
     if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
         return None
+    if request.endpoint == "image" and signer.valid(request.view_args["key"], request.args.get("expires"),
+                                                    request.args.get("signature")):
+        return None  # a URL this service signed: an <img src> cannot send a key header
     try:
         ring.refresh()
     except KeyFileError as error:
