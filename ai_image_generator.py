@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from admin.keys_cli import keys as keys_cli
 from admin.records_cli import records as records_cli
+from backends.filesystem_store import IMAGE_SUFFIXES
 from generation.errors import ServiceError
 from generation.model_registry import EDIT_TASKS, TEXT_TO_IMAGE
 from services import Services, build_services
@@ -34,6 +35,7 @@ from web.model_catalog import (
     profile_of,
     task_profiles,
 )
+from web.openai_api import openai_routes
 from web.openapi import openapi_document
 from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
@@ -56,7 +58,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # Keys are checked segment by segment; a merged '//' would hide an empty segment behind a redirect.
     app.url_map.merge_slashes = False
-    app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None)}
+    # The OpenAI-compatible routes run requests the way the native ones do, through these.
+    app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None),
+                             "respond": _respond, "image_url": image_url}
     if settings.offline:
         log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")
     for name in unknown_names():
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/images/<path:key>", "image", image)
     app.add_url_rule("/openapi.json", "openapi", openapi)
     app.add_url_rule("/models", "models", models)
+    app.register_blueprint(openai_routes)
     return app
 
 
@@ -283,7 +288,7 @@ def image(key: str):
         data = _services().store.published(key)
     if data is None:
         return problem(404, "Not Found", "no such image", "not_found")
-    response = Response(data, content_type="image/png")
+    response = Response(data, content_type=IMAGE_SUFFIXES.get("." + key.rsplit(".", 1)[-1], "image/png"))
     response.headers["X-Content-Type-Options"] = "nosniff"
     if _settings().api_keys_file:
         # Fetched with a key: no shared cache may keep it and hand it to callers without one.

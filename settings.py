@@ -132,6 +132,9 @@ class Settings:
                                     "Quality when a request names none.")
     max_body_bytes: int = _setting(65536, _number("MAX_BODY_BYTES", int, 1024, 10 * 1024 * 1024),
                                    "Largest request body accepted; larger gets a JSON 413.")
+    openai_folder: str = _setting("openai", _text,
+                                  "Top folder of images made through the OpenAI-compatible /v1 routes: "
+                                  "`<folder>/<API key name>/<date>/image-<epoch>.png`.")
     max_edit_body_bytes: int = _setting(20 * 1024 * 1024, _number("MAX_EDIT_BODY_BYTES", int, 1024, 24_000_000),
                                         "Largest body POST /edit_images accepts (it may carry base64 images; "
                                         "Bedrock takes at most 25 MB a call); larger gets a JSON 413.")

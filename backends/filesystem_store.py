@@ -9,6 +9,9 @@ from pathlib import Path
 
 from generation.errors import KeyExists, StoreFailed
 
+# What /images/ serves: the PNGs, and the JPEG/WebP copies the OpenAI routes convert them to.
+IMAGE_SUFFIXES = {".png": "image/png", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
 
 class FilesystemStore:
     """Keeps each image as a file under `root`; a key maps to a relative path."""
@@ -89,7 +92,7 @@ class FilesystemStore:
         except StoreFailed:
             return None
         relative = path.relative_to(self.root).as_posix()
-        if path.suffix != ".png" or any(part.startswith(".") for part in relative.split("/")) \
+        if path.suffix not in IMAGE_SUFFIXES or any(part.startswith(".") for part in relative.split("/")) \
                 or (self.private_prefix and relative.startswith(self.private_prefix)):
             return None
         try:

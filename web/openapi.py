@@ -71,6 +71,36 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
                    "description": "A retried POST with the same key returns the first answer"}
 
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+OPENAI_IMAGES = {"type": "object", "required": ["created"], "properties": {
+    "created": {"type": "integer"}, "output_format": {"type": "string"}, "size": {"type": "string"},
+    "data": {"type": "array", "items": {"type": "object", "properties": {
+        "url": {"type": "string"}, "b64_json": {"type": "string"}}}}}}
+OPENAI_LIST = {"type": "object", "required": ["object", "data"], "properties": {
+    "object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object", "required": ["id", "object"]}}}}
+_OPENAI_COMMON = {
+    "model": {"type": "string"}, "n": {"type": "integer", "minimum": 1, "maximum": 10},
+    "size": {"type": "string"}, "response_format": {"enum": ["url", "b64_json"]},
+    "output_format": {"enum": ["png", "jpeg", "webp"]}, "user": {"type": "string"},
+    "seed": {"type": "integer", "minimum": 0}, "negative_prompt": {"type": "string"}}
+OPENAI_GENERATE = {"type": "object", "required": ["prompt"], "properties": {
+    "prompt": {"type": "string", "minLength": 1}, "quality": {"type": "string"}, "style": {"type": "string"},
+    **_OPENAI_COMMON}}
+OPENAI_EDIT = {"type": "object", "required": ["image", "prompt"], "properties": {
+    "image": {"type": "string", "contentMediaType": "image/png"}, "mask": {"type": "string"},
+    "prompt": {"type": "string"}, **_OPENAI_COMMON}}
+OPENAI_VARIATION = {"type": "object", "required": ["image"], "properties": {
+    "image": {"type": "string", "contentMediaType": "image/png"}, **_OPENAI_COMMON}}
+
+
+def _openai_errors(*statuses: int) -> dict:
+    return {str(s): {"description": "An error in OpenAI's shape (x-should-retry: false where a retry pays again)",
+                     "content": {"application/json": {"schema": OPENAI_ERROR}}} for s in statuses}
+
+
 MODELS = {
     "type": "object", "required": ["default", "fallback_chain", "models"],
     "properties": {
@@ -148,6 +178,27 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
                 "responses": {"200": _json_response("The manifest", MANIFEST),
                               **_problems(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)},
             }},
+            "/v1/models": {"get": {"summary": "OpenAI-compatible: the offered models in OpenAI's list shape",
+                                   "responses": {"200": _json_response("The models", OPENAI_LIST),
+                                                 **_openai_errors(401, 500)}}},
+            "/v1/images/generations": {"post": {
+                "summary": "OpenAI-compatible image generation (see the README's field table)",
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": OPENAI_GENERATE}}},
+                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
+                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
+            "/v1/images/edits": {"post": {
+                "summary": "OpenAI-compatible image edit (multipart: image, mask, prompt, ...)",
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": OPENAI_EDIT}}},
+                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
+                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
+            "/v1/images/variations": {"post": {
+                "summary": "OpenAI-compatible image variation (multipart: image, n, size, ...)",
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": OPENAI_VARIATION}}},
+                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
+                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
             "/images/{key}": {"get": {
                 "summary": "A stored image (offline mode only)",
                 "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -165,7 +216,8 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
         },
     }
     if api_keys:
-        for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models"):
+        for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models", "/v1/models",
+                     "/v1/images/generations", "/v1/images/edits", "/v1/images/variations"):
             for operation in document["paths"][path].values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
                 operation["responses"].setdefault("401", _problem_response("Missing or wrong API key"))

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from flask import Flask, Response, g, request
 
 # The routes whose failures the metrics count as failed generations.
-GENERATION_ENDPOINTS = frozenset({"generate_images", "edit_images"})
+GENERATION_ENDPOINTS = frozenset({"generate_images", "edit_images", "openai.generations", "openai.edits",
+                                  "openai.variations"})
 
 
 @dataclass(frozen=True)
