@@ -67,8 +67,8 @@ def generations():
     native["prompt"] = body.get("prompt")
     chain = current_app.extensions["aig"]["services"].models
     profile, _ = choose_profile({k: v for k, v in native.items() if k == "model"}, chain)
-    _size_fields(body.get("size"), profile, native)
-    _quality(body.get("quality"), profile, native)
+    _size_fields(body.get("size") or None, profile, native)
+    _quality(body.get("quality") or None, profile, native)
     return _run_native("generate", native, body)
 
 
@@ -92,8 +92,8 @@ def variations():
     """POST /v1/images/variations (multipart)."""
     form, image = _multipart(("image",))
     native = _native_fields(form, {"model", "n", "size", "response_format", "output_format", "user", "seed",
-                                   *IGNORED})
-    native.update(task="variation", prompt=form.get("prompt") or VARIATION_PROMPT, image=_b64(image))
+                                   "negative_prompt", *IGNORED})
+    native.update(task="variation", prompt=VARIATION_PROMPT, image=_b64(image))
     return _run_native("edit", native, form)
 
 
@@ -133,6 +133,8 @@ def _openai_mask(data: bytes) -> bytes:
 
 def _native_fields(body: dict, allowed: set[str]) -> dict:
     """The OpenAI fields this service takes, checked; an unknown one is refused naming it."""
+    # The SDKs send an explicit None as "" in multipart forms: the same as leaving the field out.
+    body = {name: value for name, value in body.items() if value not in ("", None)}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest([{"field": unknown[0], "message": "is not a field this endpoint takes"}])
