@@ -39,8 +39,10 @@ from web.openai_api import openai_routes
 from web.openapi import openapi_document
 from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
+from web.records_view import records_page
 from web.request_schema import SEGMENT, parse_generation_request
 from web.request_summary import install_request_timing
+from web.ui import ui
 
 log = logging.getLogger("ai_image_generator")
 # An incoming X-Request-ID is kept only if it is short and plain, so it is safe in logs and headers.
@@ -88,6 +90,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/openapi.json", "openapi", openapi)
     app.add_url_rule("/models", "models", models)
     app.register_blueprint(openai_routes)
+    app.register_blueprint(ui)
+    app.add_url_rule("/records", "records", records)
     return app
 
 
@@ -272,6 +276,12 @@ def openapi():
     profiles = task_profiles(chain, TEXT_TO_IMAGE)
     edits = [(profile, task) for task in EDIT_TASKS for profile in task_profiles(chain, task)]
     return json_response(openapi_document(profiles, api_keys=bool(_settings().api_keys_file), edits=edits))
+
+
+def records():
+    """The finished requests of a folder, newest first, ten a page, with their images' URLs."""
+    return json_response(records_page(_services().store, request.args.get("folder"), request.args.get("page"),
+                                      image_url))
 
 
 def models():

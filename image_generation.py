@@ -152,6 +152,9 @@ class ImageStore(Protocol):
     def published(self, key: str) -> bytes | None:
         """The bytes of a published image that the service itself serves at /images/<key>, else None."""
 
+    def listing(self, prefix: str, limit: int = 1000) -> list[tuple[str, float]]:
+        """(key, modified epoch) of up to `limit` objects under `prefix` (for the history of a folder)."""
+
 
 class Screener(Protocol):
     """Judges whether an image is safe to publish."""

@@ -69,6 +69,20 @@ class FilesystemStore:
         except OSError as error:
             raise StoreFailed(f"could not delete {key!r}: {error.strerror}") from error
 
+    def listing(self, prefix: str, limit: int = 1000) -> list[tuple[str, float]]:
+        """(key, modified time) of the files under `prefix`, at most `limit`."""
+        try:
+            folder = self.path_for(prefix.rstrip("/"))
+        except StoreFailed:
+            return []
+        found = []
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if path.is_file() and not path.name.endswith(".part"):
+                found.append((path.relative_to(self.root).as_posix(), path.stat().st_mtime))
+                if len(found) >= limit:
+                    break
+        return found
+
     def prune(self, hidden_folder: str, older_than_seconds: float) -> int:
         """Delete the JSON documents in every `hidden_folder` (e.g. `.requests`) older than that; how many went."""
         cutoff = time.time() - older_than_seconds

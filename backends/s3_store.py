@@ -110,6 +110,16 @@ class S3Store:
             found["url"] = self.presigned_url(key, self.url_seconds)
         return found
 
+    def listing(self, prefix: str, limit: int = 1000) -> list[tuple[str, float]]:
+        """(key, last modified) of up to `limit` objects directly under `prefix` (needs s3:ListBucket)."""
+        try:
+            answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.object_key(prefix.rstrip("/") + "/"),
+                                                 Delimiter="/", MaxKeys=limit)
+        except (ClientError, BotoCoreError) as error:
+            raise StoreFailed(f"could not list {prefix!r}: {type(error).__name__}") from error
+        return [(item["Key"][len(self.key_prefix):], item["LastModified"].timestamp())
+                for item in answer.get("Contents", [])]
+
     def published(self, key: str) -> bytes | None:
         """None: S3 serves its images itself, through their presigned URLs."""
         return None

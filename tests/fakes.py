@@ -86,6 +86,10 @@ class MemoryStore:
     def published(self, key: str) -> bytes | None:
         return self.get(key)
 
+    def listing(self, prefix: str, limit: int = 1000) -> list[tuple[str, float]]:
+        with self.lock:
+            return [(k, 0.0) for k in self.objects if k.startswith(prefix.rstrip("/") + "/")][:limit]
+
 
 class FakeScreener:
     """Flags images whose prompt-derived bytes were registered, or fails on demand."""

@@ -13,7 +13,8 @@ from web.problems import problem
 
 log = logging.getLogger("ai_image_generator.api_keys")
 # Health answers load balancers and systemd; /metrics has its own guard (loopback or the metrics key).
-OPEN_ENDPOINTS = frozenset({"health", "healthz", "readyz", "metrics"})
+# The picker page and its files are open too: the page itself asks for the key.
+OPEN_ENDPOINTS = frozenset({"health", "healthz", "readyz", "metrics", "ui.page", "ui.static"})
 REALM = 'Bearer realm="ai-image-generator"'
 
 

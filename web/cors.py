@@ -11,7 +11,7 @@ from settings import Settings
 
 log = logging.getLogger("ai_image_generator.cors")
 # What a browser UI calls; health and /metrics are for operators, not pages.
-BROWSER_ROUTES = r"^/(generate_images|edit_images|models|images/.*|v1/.*)$"
+BROWSER_ROUTES = r"^/(generate_images|edit_images|models|records|images/.*|v1/.*)$"
 # Preflights are cached this long (seconds), so a UI pays one OPTIONS per ten minutes, not per call.
 PREFLIGHT_MAX_AGE = 600
 

@@ -39,6 +39,8 @@ IGNORED = {"style": ("vivid", "natural"), "moderation": ("auto", "low"), "backgr
 # Problem codes after which a retry of the same call only pays again (the SDKs retry 408/409/429/5xx).
 NO_RETRY = {"deadline_exceeded", "model_timeout", "model_failed", "model_unavailable", "store_failed",
             "screening_failed", "internal_error", "content_filtered", "input_flagged", "invalid_request"}
+# Fields that are numbers (multipart forms send them as text).
+NUMBERS = frozenset({"n", "seed", "output_compression", "partial_images"})
 # Our field names -> OpenAI's, for `param` in errors.
 PARAMS = {"count": "n", "width": "size", "height": "size", "aspect_ratio": "size", "body": None,
           "source_key": "image", "mask_image": "mask"}
@@ -138,6 +140,11 @@ def _native_fields(body: dict, allowed: set[str]) -> dict:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest([{"field": unknown[0], "message": "is not a field this endpoint takes"}])
+    for name, value in body.items():
+        wanted = (int, str) if name in NUMBERS else (str, bool) if name == "stream" else (str,)
+        if isinstance(value, bool) and name != "stream" or not isinstance(value, wanted):
+            kind = "a number" if name in NUMBERS else "true or false" if name == "stream" else "a string"
+            raise InvalidRequest([{"field": name, "message": f"must be {kind}"}])
     for name, values in IGNORED.items():
         if name in body and values is not None and body[name] not in values:
             raise InvalidRequest([{"field": name, "message": f"must be one of {', '.join(values)} here"}])
@@ -149,6 +156,8 @@ def _native_fields(body: dict, allowed: set[str]) -> dict:
         native["model"] = model  # one of ours; OpenAI's own names mean the operator's default
     n = body.get("n", 1)
     try:
+        if isinstance(n, bool) or not isinstance(n, (int, str)):
+            raise TypeError(n)
         n = int(n)
     except (TypeError, ValueError):
         raise InvalidRequest([{"field": "n", "message": f"must be an integer from 1 to {MAX_N}"}]) from None
@@ -160,8 +169,11 @@ def _native_fields(body: dict, allowed: set[str]) -> dict:
     if body.get("output_format", "png") not in OUTPUT_FORMATS:
         raise InvalidRequest([{"field": "output_format", "message": "must be png, jpeg or webp"}])
     for extension in ("negative_prompt", "seed"):
-        if body.get(extension) not in (None, ""):
-            native[extension] = int(body[extension]) if extension == "seed" else body[extension]
+        if extension in body:
+            value = body[extension]
+            # A multipart form sends numbers as text; anything else goes to the schema, which names it.
+            native[extension] = int(value) if extension == "seed" and isinstance(value, str) and value.isdigit() \
+                else value
     return native
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from generation.model_registry import ModelProfile
 from web.edit_schema import edit_json_schema
-from web.request_schema import json_schema
+from web.request_schema import FOLDER_PATTERN, MAX_FOLDER, json_schema
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
@@ -199,6 +199,20 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": OPENAI_VARIATION}}},
                 "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
                               **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
+            "/records": {"get": {
+                "summary": "A folder's finished requests, newest first, ten a page (the picker page's history)",
+                "parameters": [{"name": "folder", "in": "query", "required": True,
+                                "schema": {"type": "string", "pattern": FOLDER_PATTERN, "maxLength": MAX_FOLDER}},
+                               {"name": "page", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": _json_response("One page of records", {"type": "object"}),
+                              **_problems(400, 401, 500, 503)}}},
+            "/ui/": {"get": {"summary": "The picker web page", "responses": {
+                "200": {"description": "The page", "content": {"text/html": {}}}, **_problems(500)}}},
+            "/ui/static/{filename}": {"get": {
+                "summary": "The picker page's script and style",
+                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The file"}, **_problems(404, 500)}}},
             "/images/{key}": {"get": {
                 "summary": "A stored image (offline mode only)",
                 "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -216,7 +230,8 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
         },
     }
     if api_keys:
-        for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models", "/v1/models",
+        for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models", "/records",
+                     "/v1/models",
                      "/v1/images/generations", "/v1/images/edits", "/v1/images/variations"):
             for operation in document["paths"][path].values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
