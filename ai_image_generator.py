@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -211,6 +212,7 @@ def edit_images():
 
 def _respond(body: dict, generation) -> Response:
     """Run a checked request and answer its manifest, or replay the first answer for its Idempotency-Key."""
+    generation = dataclasses.replace(generation, owner=g.get("api_key_id", ""))
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is None:
         return _answer(_run(generation))
@@ -280,8 +282,10 @@ def openapi():
 
 def records():
     """The finished requests of a folder, newest first, ten a page, with their images' URLs."""
+    # With API keys on, a caller sees only the records of its own requests.
+    owner = g.get("api_key_id") if _settings().api_keys_file else None
     return json_response(records_page(_services().store, request.args.get("folder"), request.args.get("page"),
-                                      image_url))
+                                      image_url, owner))
 
 
 def models():

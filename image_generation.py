@@ -59,6 +59,7 @@ class GenerationRequest:
     inputs: tuple[tuple[str, bytes], ...] = ()  # checked input images as PNG, e.g. ("image", ...), ("mask", ...)
     source: str | None = None  # where the input image came from: its key, or "upload:<digest>"
     candidates: tuple[str, ...] = ()  # an edit's models to try, in order (none: the model chain's)
+    owner: str = ""  # who asked (a digest of the API key, never the key): only they see the record
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def amazon_body(spec: ImageSpec) -> dict:
         if mask is not None:
             params["maskImage"] = b64(mask)
         else:
-            params["maskPrompt"] = spec.param("mask_prompt") or spec.prompt or "background"
+            params["maskPrompt"] = spec.param("mask_prompt")  # the request was refused without one or the other
         if task == "outpaint":
             params["outPaintingMode"] = spec.param("outpainting_mode", "default").upper()
         body["inPaintingParams" if task == "inpaint" else "outPaintingParams"] = params

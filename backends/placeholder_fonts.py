@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import unicodedata
 from pathlib import Path
 
 from PIL import ImageDraw, ImageFont
@@ -50,7 +51,10 @@ class CaptionFont:
 
     def __init__(self, size: int):
         self.size = size
-        self.fonts = [(ImageFont.truetype(path, size), _coverage(path)) for path in installed_fonts()]
+        # Basic layout: one glyph after another. Complex shaping (raqm) fails on some code points, and a
+        # caption must never fail an image.
+        self.fonts = [(ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC), _coverage(path))
+                      for path in installed_fonts()]
         # Pillow's own font, when none of the chain is installed (or a character is in none of them).
         self.fallback = ImageFont.load_default(size=size)
 
@@ -71,8 +75,13 @@ class CaptionFont:
         return [(font, run) for font, run in pieces]
 
     def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, fill) -> None:
-        """Draw `text` from `xy`, run by run."""
+        """Draw `text` from `xy`, run by run; control characters become spaces, an undrawable run a '?'."""
         x, y = xy
+        text = "".join(" " if unicodedata.category(char) in ("Cc", "Cs", "Co", "Cn") else char for char in text)
         for font, run in self.runs(text):
-            draw.text((x, y), run, font=font, fill=fill)
-            x += font.getlength(run)
+            try:
+                draw.text((x, y), run, font=font, fill=fill)
+                x += font.getlength(run)
+            except (OSError, RuntimeError, ValueError):
+                draw.text((x, y), "?", font=self.fallback, fill=fill)
+                x += self.fallback.getlength("?")

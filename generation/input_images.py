@@ -56,7 +56,8 @@ def check_image(data: bytes, rule: InputRule, *, field: str, model_id: str, resi
         image = image.resize((width, height))
     # Transparency only where the model wants it (Stability's inpaint reads it as a mask); the rest
     # take flat RGB. Re-encoding drops EXIF, text chunks and anything else the file carried.
-    image = image.convert("RGBA" if keep_alpha and "A" in image.getbands() else "RGB")
+    transparent = "A" in image.getbands() or "transparency" in image.info  # palette PNGs keep it in tRNS
+    image = image.convert("RGBA" if keep_alpha and transparent else "RGB")
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
@@ -106,6 +107,24 @@ def check_mask(data: bytes, size: tuple[int, int], *, field: str, change_is_whit
     out = io.BytesIO()
     mask.convert("RGB").save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def has_transparency(png: bytes) -> bool:
+    """True when a checked input has at least one pixel that is not fully opaque."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255
+
+
+def strictest(rules: list[InputRule]) -> InputRule:
+    """One rule that every one of `rules` accepts (the inputs of a request that may fall back)."""
+    if len(rules) == 1:
+        return rules[0]
+    formats = tuple(f for f in rules[0].formats if all(f in r.formats for r in rules))
+    return InputRule(min_side=max(r.min_side for r in rules), max_side=min(r.max_side for r in rules),
+                     min_pixels=max(r.min_pixels for r in rules), max_pixels=min(r.max_pixels for r in rules),
+                     max_aspect=min(r.max_aspect for r in rules), formats=formats)
 
 
 def image_size(png: bytes) -> tuple[int, int]:

@@ -67,6 +67,7 @@ def parameters(request) -> dict:
     """The request as the record keeps it: every field but the input images' bytes (the source names them)."""
     kept = asdict(request)
     kept.pop("inputs", None)
+    kept.pop("candidates", None)
     kept["params"] = dict(kept.get("params") or ())
     return kept
 

@@ -187,3 +187,18 @@ def test_a_signed_image_url_opens_without_a_key_and_nothing_else_does(keyed_app)
     assert client.get(f"{path}?{forged}").status_code == 401
     other = path.rsplit("/", 1)[0] + "/other.png"
     assert client.get(f"{other}?{query}").status_code == 401  # the signature is for one key only
+
+
+@pytest.mark.parametrize("query", ["expires=%C2%B2&signature=" + "0" * 64, "expires=" + "9" * 5000 + "&signature=x",
+                                   "expires=99999999999&signature=%C3%A9" * 1])
+def test_a_malformed_signature_is_a_401_never_a_500(keyed_app, query):
+    assert keyed_app.test_client().get(f"/images/a/b.png?{query}").status_code == 401
+
+
+def test_with_keys_on_a_caller_sees_only_its_own_records(keyed_app):
+    alice, bob = cli_add(keyed_app, "alice"), cli_add(keyed_app, "bob")
+    client = keyed_app.test_client()
+    assert generate(client, Authorization=f"Bearer {alice}").status_code == 200
+    mine = client.get(f"/records?folder={BODY['output_folder']}", headers={"Authorization": f"Bearer {alice}"})
+    theirs = client.get(f"/records?folder={BODY['output_folder']}", headers={"Authorization": f"Bearer {bob}"})
+    assert len(mine.get_json()["records"]) == 1 and theirs.get_json()["records"] == []

@@ -251,8 +251,8 @@ def test_nginx_request_id_rule_matches_the_apps():
 
 
 def test_nginx_body_limit_matches_the_apps():
-    server_wide, edits = nginx_directive("client_max_body_size")
-    assert server_wide == "64k" and edits == "20m"
+    server_wide, edits, openai_uploads = nginx_directive("client_max_body_size")
+    assert server_wide == "64k" and edits == openai_uploads == "20m"
     assert 64 * 1024 == Settings().max_body_bytes == int(env_example()["AIG_MAX_BODY_BYTES"])
     assert 20 * 1024 * 1024 == Settings().max_edit_body_bytes == int(env_example()["AIG_MAX_EDIT_BODY_BYTES"])
 

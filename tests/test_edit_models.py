@@ -130,6 +130,8 @@ def test_a_variation_of_an_image_the_service_made_a_moment_before(aws_app, stand
     ({"task": "upscale", "model": service("stable-fast-upscale"), "image": picture((1100, 1100))}, 400,
      "invalid_request"),
     ({"task": "variation", "model": CORE}, 400, "invalid_request"),  # Core cannot: names those that can
+    ({"task": "inpaint", "model": NOVA, "prompt": "sky"}, 400, "invalid_request"),  # where? no mask, no call
+    ({"task": "inpaint", "model": service("stable-image-inpaint"), "prompt": "sky"}, 400, "invalid_request"),
     ({"task": "variation", "prompt": "p", "source_key": "quarantine/cars/p-1.png"}, 404, "source_not_found"),
     ({"task": "variation", "prompt": "p", "source_key": "cars/.requests/abc.json"}, 404, "source_not_found"),
 ])

@@ -150,3 +150,19 @@ def test_on_the_stand_ins_a_content_filter_is_content_policy_violation_and_no_re
         client.images.generate(prompt="a beach [[blocked]]")
     assert blocked.value.code == "content_policy_violation"
     assert blocked.value.response.headers["x-should-retry"] == "false"
+
+
+def test_an_idempotency_key_covers_the_uploaded_image_and_a_mask_needs_transparency(offline):
+    client = offline[0]
+    key = {"Idempotency-Key": "upload-1"}
+    first = client.images.create_variation(image=("a.png", png_bytes(colour=(255, 0, 0))), response_format="b64_json",
+                                           extra_headers=key)
+    # Another image under the same key is another request: refused as such, never the first answer again.
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.images.create_variation(image=("b.png", png_bytes(colour=(0, 0, 255))), extra_headers=key)
+    again = client.images.create_variation(image=("a.png", png_bytes(colour=(255, 0, 0))), response_format="b64_json",
+                                           extra_headers=key)
+    assert again.data[0].b64_json == first.data[0].b64_json
+    with pytest.raises(openai.BadRequestError) as opaque:
+        client.images.edit(image=("a.png", png_bytes()), mask=("m.png", png_bytes()), prompt="sky")
+    assert opaque.value.param == "mask"

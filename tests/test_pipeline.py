@@ -279,3 +279,11 @@ def test_a_fallback_model_gets_the_asked_ratio_and_a_seed_it_takes():
     # Stability's 0 means "random": the seed sent (and reported) is one it keeps.
     assert spec_for(STABLE_IMAGE_CORE, wide, 0).seed == 4_294_967_294
     assert spec_for(STABLE_IMAGE_CORE, wide, 7).seed == 7
+
+
+def test_a_caption_never_fails_an_image_whatever_the_prompt_holds():
+    from backends.placeholder_model import draw_placeholder
+
+    # An emoji, a C1 control, private-use and unassigned astral code points: found by the fuzzer.
+    prompt = "B\u00e4\U0001F60D\u0085=*\U000D3F36 \U0005053Cz\u00d3\u0083\u0097"
+    assert png_size(draw_placeholder(prompt, 1, 1280, 768)) == (1280, 768)

@@ -9,7 +9,7 @@ import hashlib
 import pybase64
 
 from generation.errors import InputFlagged, InvalidRequest, ServiceError, SourceNotFound
-from generation.input_images import check_image, check_mask, image_size
+from generation.input_images import check_image, check_mask, has_transparency, image_size, strictest
 from generation.model_chain import ModelChain
 from generation.model_registry import EDIT_TASKS, ModelProfile
 from image_generation import SIZED_TASKS, GenerationRequest
@@ -40,13 +40,20 @@ def plan_edit(body: dict, chain: ModelChain, store, screener, *, default_quality
     kind = primary.kind or (body.get(kind_field) if kind_field else None) or default_kind
     checked = parse_edit(body, primary, task, named=named)
     check_place(checked.output_folder, checked.file_name_prefix, store.key_prefix, private_prefix)
+    _need_a_mask(primary, task, checked)
     images = _Inputs(store, private_prefix, checked.resize)
+    # Every model the request may fall back to must take the inputs: check them against the strictest.
+    rule = strictest([p.input_rule for p in candidates])
     image = None
+    alpha_mask = primary.family == "stability_service" and task in ("inpaint", "erase")
     if checked.source_key is not None or checked.image is not None:
         field = "source_key" if checked.source_key is not None else "image"
         raw = images.read(checked.source_key, checked.image, field)
-        image = check_image(raw, primary.input_rule, field=field, model_id=primary.model_id, resize=checked.resize,
-                            keep_alpha=primary.family == "stability_service" and task in ("inpaint", "erase"))
+        image = check_image(raw, rule, field=field, model_id=primary.model_id, resize=checked.resize,
+                            keep_alpha=alpha_mask)
+        if alpha_mask and getattr(checked, "mask_image", None) is None and not has_transparency(image):
+            raise InvalidRequest([{"field": "mask_image", "message": f"{primary.model_id} needs a mask: send "
+                                   "mask_image, or an image whose transparent pixels mark what to change"}])
         _screen(screener, image, field)
     inputs = [("image", image)] if image is not None else []
     if getattr(checked, "mask_image", None) is not None:
@@ -80,6 +87,14 @@ def plan_edit(body: dict, chain: ModelChain, store, screener, *, default_quality
         seed=checked.seed, model_id=primary.model_id if named else None,
         seed_range=(primary.min_seed, primary.max_seed), task=task, params=tuple(sorted(params.items())),
         inputs=tuple(inputs), source=source, candidates=tuple(p.model_id for p in candidates))
+
+
+def _need_a_mask(profile: ModelProfile, task: str, checked) -> None:
+    """Nova and Titan in/outpaint need to be told where: a mask image or a mask prompt (no guessing, it is paid)."""
+    if profile.family == "amazon" and task in ("inpaint", "outpaint") \
+            and getattr(checked, "mask_image", None) is None and getattr(checked, "mask_prompt", None) is None:
+        raise InvalidRequest([{"field": "mask_prompt", "message": f"{task} on {profile.model_id} needs mask_prompt "
+                                                                  "(what to change, in words) or mask_image"}])
 
 
 def _models_for(body: dict, task: str, chain: ModelChain) -> tuple[ModelProfile, list[ModelProfile]]:

@@ -112,7 +112,14 @@ def _multipart(names: tuple[str, ...]):
     if not files:
         raise InvalidRequest([{"field": "image", "message": "send the image as a multipart file field `image`"}])
     form = {key: value for key, value in request.form.items()}
-    return form, files[0].read()
+    image = files[0].read()
+    # The uploads are part of what an Idempotency-Key stands for: another image is another request.
+    form["_image_sha256"] = hashlib.sha256(image).hexdigest()
+    if "mask" in request.files:
+        mask = request.files["mask"]
+        form["_mask_sha256"] = hashlib.sha256(mask.read()).hexdigest()
+        mask.seek(0)
+    return form, image
 
 
 def _b64(data: bytes) -> str:
@@ -128,6 +135,9 @@ def _openai_mask(data: bytes) -> bytes:
             alpha = mask.convert("RGBA").getchannel("A")
     except (OSError, ValueError):
         raise InvalidRequest([{"field": "mask", "message": "is not a PNG image that can be decoded"}]) from None
+    if alpha.getextrema()[0] != 0:
+        raise InvalidRequest([{"field": "mask", "message": "has no fully transparent pixel: OpenAI masks mark "
+                                                           "where to edit with transparency (alpha 0)"}])
     out = io.BytesIO()
     alpha.point(lambda a: 255 if a == 0 else 0).save(out, format="PNG")
     return out.getvalue()
@@ -136,7 +146,7 @@ def _openai_mask(data: bytes) -> bytes:
 def _native_fields(body: dict, allowed: set[str]) -> dict:
     """The OpenAI fields this service takes, checked; an unknown one is refused naming it."""
     # The SDKs send an explicit None as "" in multipart forms: the same as leaving the field out.
-    body = {name: value for name, value in body.items() if value not in ("", None)}
+    body = {name: value for name, value in body.items() if value not in ("", None) and not name.startswith("_")}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest([{"field": unknown[0], "message": "is not a field this endpoint takes"}])

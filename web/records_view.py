@@ -11,7 +11,7 @@ from web.request_schema import FOLDER_PATTERN
 PAGE_SIZE = 10
 
 
-def records_page(store, folder: str | None, page: str | None, image_url) -> dict:
+def records_page(store, folder: str | None, page: str | None, image_url, owner: str | None = None) -> dict:
     """One page of a folder's finished records, each with its prompt, status and images' URLs."""
     import re
 
@@ -34,6 +34,8 @@ def records_page(store, folder: str | None, page: str | None, image_url) -> dict
             continue
         record = json.loads(data)
         parameters = record.get("parameters", {})
+        if owner is not None and parameters.get("owner") != owner:
+            continue  # another caller's request
         entries.append({
             "request_id": record.get("request_id"), "status": record.get("status"),
             "model_id": record.get("model_id"), "finished_at": record.get("finished_at"),

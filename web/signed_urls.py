@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -13,6 +14,8 @@ from generation.errors import KeyExists
 
 # The signing secret lives in the store (hidden, never served), so every worker and host signs alike.
 SECRET_KEY = ".signing/url-secret"
+SIGNED_EXPIRY = re.compile(r"[0-9]{1,12}")
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 class UrlSigner:
@@ -49,6 +52,7 @@ class UrlSigner:
 
     def valid(self, key: str, expires: str | None, signature: str | None) -> bool:
         """True for an unexpired URL this service signed for exactly this key."""
-        if not expires or not signature or not expires.isdigit() or int(expires) < time.time():
-            return False
+        if not expires or not signature or not SIGNED_EXPIRY.fullmatch(expires) \
+                or not SIGNATURE.fullmatch(signature) or int(expires) < time.time():
+            return False  # anything but the shape this service makes is no signature at all
         return hmac.compare_digest(self._signature(key, int(expires)), signature)

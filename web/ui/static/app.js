@@ -165,7 +165,8 @@ async function refine(fields, what) {
   try {
     const manifest = await api("POST", "/edit_images", { source_key: picked.key, output_folder: picked.folder,
                                                           file_name_prefix: "ui-edit", count: 2, ...fields });
-    const label = fields.prompt || fields.task;
+    // Derived images keep a prompt a person wrote, so "more like this" on them still means something.
+    const label = fields.prompt || picked.prompt;
     $("derived").prepend(...manifest.image_details.map((d) => figure(d, label, (detail) => pick(detail, label))));
     stop(`${what}: ${manifest.images.length} image(s) made from the picked one.`);
     $("derived-heading").focus();
@@ -225,9 +226,12 @@ document.addEventListener("DOMContentLoaded", () => {
     $("prompt").focus();
   });
   $("more").addEventListener("click", () => refine({ task: "variation", prompt: picked.prompt }, "More like this"));
-  $("edit").addEventListener("click", () => refine({ task: "inpaint", mask_prompt: $("edit-what").value,
+  // "Change what into what": search-and-replace, which today's models do from words alone (no mask).
+  $("edit").addEventListener("click", () => refine({ task: "search_replace", search_prompt: $("edit-what").value,
                                                      prompt: $("edit-into").value }, "Editing"));
-  $("remove-background").addEventListener("click", () => refine({ task: "remove_background" }, "Removing the background"));
+  // One cut-out is enough: the task takes no seed, so a second would be the same picture, paid again.
+  $("remove-background").addEventListener("click", () => refine({ task: "remove_background", count: 1 },
+                                                                 "Removing the background"));
   $("copy").addEventListener("click", copyAddress);
   $("history-form").addEventListener("submit", (event) => { event.preventDefault(); loadHistory(1); });
   $("history-prev").addEventListener("click", () => loadHistory(historyPage - 1));
