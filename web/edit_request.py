@@ -34,10 +34,9 @@ def plan_edit(body: dict, chain: ModelChain, store, screener, *, default_quality
     if task not in EDIT_TASKS:
         raise InvalidRequest([{"field": "task", "message": f"must be one of {', '.join(EDIT_TASKS)}"}])
     named = "model" in body
-    primary, candidates = _models_for(body, task, chain)
-    kind_field, default_kind = KIND_FIELDS.get(task, ("", ""))
+    primary, candidates, wanted, default_kind = _models_for(body, task, chain)
     # The kind of the task this request asks (upscale, style, condition): the service's own, or the asked one.
-    kind = primary.kind or (body.get(kind_field) if kind_field else None) or default_kind
+    kind = primary.kind or wanted or default_kind
     checked = parse_edit(body, primary, task, named=named)
     check_place(checked.output_folder, checked.file_name_prefix, store.key_prefix, private_prefix)
     _need_a_mask(primary, task, checked)
@@ -97,8 +96,9 @@ def _need_a_mask(profile: ModelProfile, task: str, checked) -> None:
                                                                   "(what to change, in words) or mask_image"}])
 
 
-def _models_for(body: dict, task: str, chain: ModelChain) -> tuple[ModelProfile, list[ModelProfile]]:
-    """The model the body is checked against, and the models to try in order (the same family only)."""
+def _models_for(body: dict, task: str, chain: ModelChain):
+    """The model the body is checked against, the models to try in order (the same family only), and the
+    kind the body asked with the task's default kind."""
     kind_field, default_kind = KIND_FIELDS.get(task, ("", ""))
     wanted = body.get(kind_field) if kind_field else None
     if "model" in body:
@@ -106,7 +106,7 @@ def _models_for(body: dict, task: str, chain: ModelChain) -> tuple[ModelProfile,
         if profile.kind and wanted is not None and wanted != profile.kind:
             raise InvalidRequest([{"field": kind_field, "message": f"{profile.model_id} does the {profile.kind} "
                                                                    f"kind of {task}, not {wanted!r}"}])
-        return profile, [profile]
+        return profile, [profile], wanted, default_kind
 
     def fits(profile: ModelProfile) -> bool:
         if profile.kind:
@@ -126,7 +126,7 @@ def _models_for(body: dict, task: str, chain: ModelChain) -> tuple[ModelProfile,
     able.sort(key=lambda p: FAMILY_ORDER.get(p.family, 9))
     usable = [p for p in able if chain.unusable(p.model_id) is None] or able
     primary = usable[0]
-    return primary, [p for p in usable if p.family == primary.family]
+    return primary, [p for p in usable if p.family == primary.family], wanted, default_kind
 
 
 def _size(checked, profile: ModelProfile, task: str, image: bytes | None) -> tuple[int, int]:

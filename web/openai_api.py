@@ -46,11 +46,6 @@ PARAMS = {"count": "n", "width": "size", "height": "size", "aspect_ratio": "size
           "source_key": "image", "mask_image": "mask"}
 
 
-def run_generation(generation):
-    """The app's pipeline runner (set by the app factory, so this module needs no import of it)."""
-    return current_app.extensions["aig"]["run"](generation)
-
-
 @openai_routes.get("/models")
 def list_models():
     """GET /v1/models: the offered models in OpenAI's list shape."""

@@ -96,6 +96,15 @@ OPENAI_VARIATION = {"type": "object", "required": ["image"], "properties": {
     "image": {"type": "string", "contentMediaType": "image/png"}, **_OPENAI_COMMON}}
 
 
+def _openai_images(summary: str, media_type: str, schema: dict) -> dict:
+    """One OpenAI-compatible image route: its body, ImagesResponse, and errors in OpenAI's shape."""
+    return {"post": {
+        "summary": summary, "parameters": [IDEMPOTENCY_KEY],
+        "requestBody": {"required": True, "content": {media_type: {"schema": schema}}},
+        "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
+                      **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}}
+
+
 def _openai_errors(*statuses: int) -> dict:
     return {str(s): {"description": "An error in OpenAI's shape (x-should-retry: false where a retry pays again)",
                      "content": {"application/json": {"schema": OPENAI_ERROR}}} for s in statuses}
@@ -181,24 +190,12 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
             "/v1/models": {"get": {"summary": "OpenAI-compatible: the offered models in OpenAI's list shape",
                                    "responses": {"200": _json_response("The models", OPENAI_LIST),
                                                  **_openai_errors(401, 500)}}},
-            "/v1/images/generations": {"post": {
-                "summary": "OpenAI-compatible image generation (see the README's field table)",
-                "parameters": [IDEMPOTENCY_KEY],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": OPENAI_GENERATE}}},
-                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
-                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
-            "/v1/images/edits": {"post": {
-                "summary": "OpenAI-compatible image edit (multipart: image, mask, prompt, ...)",
-                "parameters": [IDEMPOTENCY_KEY],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": OPENAI_EDIT}}},
-                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
-                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
-            "/v1/images/variations": {"post": {
-                "summary": "OpenAI-compatible image variation (multipart: image, n, size, ...)",
-                "parameters": [IDEMPOTENCY_KEY],
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": OPENAI_VARIATION}}},
-                "responses": {"200": _json_response("OpenAI's ImagesResponse", OPENAI_IMAGES),
-                              **_openai_errors(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)}}},
+            "/v1/images/generations": _openai_images("OpenAI-compatible image generation (README: field table)",
+                                                      "application/json", OPENAI_GENERATE),
+            "/v1/images/edits": _openai_images("OpenAI-compatible image edit (multipart: image, mask, prompt, ...)",
+                                               "multipart/form-data", OPENAI_EDIT),
+            "/v1/images/variations": _openai_images("OpenAI-compatible image variation (multipart: image, n, ...)",
+                                                    "multipart/form-data", OPENAI_VARIATION),
             "/records": {"get": {
                 "summary": "A folder's finished requests, newest first, ten a page (the picker page's history)",
                 "parameters": [{"name": "folder", "in": "query", "required": True,
