@@ -24,6 +24,7 @@ from web.cors import install_cors
 from web.cross_site import install_cross_site_guard
 from web.edit_request import plan_edit
 from web.idempotency import Replay, fingerprint
+from web.jobs_routes import jobs_routes
 from web.json_body import read_json_object
 from web.logging_setup import install_logging
 from web.manifest import render_manifest
@@ -63,7 +64,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.url_map.merge_slashes = False
     # The OpenAI-compatible routes run requests the way the native ones do, through these.
     app.extensions["aig"] = {"settings": settings, "services": services, "ready": (0.0, None),
-                             "respond": _respond, "image_url": image_url}
+                             "respond": _respond, "image_url": image_url,
+                             "read_body": _read_json_body}
     if settings.offline:
         log.warning("offline mode: the image model is the placeholder; every picture is a placeholder")
     for name in unknown_names():
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_url_rule("/openapi.json", "openapi", openapi)
     app.add_url_rule("/models", "models", models)
     app.register_blueprint(openai_routes)
+    app.register_blueprint(jobs_routes)
     app.register_blueprint(ui)
     app.add_url_rule("/records", "records", records)
     return app

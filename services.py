@@ -26,6 +26,7 @@ class Services:
     models: ModelChain | None = None
     lifecycle: object | None = None  # the LifecycleWatcher, when Bedrock's control plane is asked
     signer: UrlSigner | None = None  # signs offline /images/ URLs, so they need no key header
+    jobs: object | None = None  # the JobService of /jobs; built on first use (a test's services may have none)
 
     def __post_init__(self):
         if self.models is None:
@@ -95,3 +96,20 @@ def build_services(settings: Settings, *, models: ModelChain | None = None, stor
     return Services(models.models[models.default_id], store, screener, pipeline, idempotency, models,
                     build_lifecycle_watcher(settings, models) if models.default_id in settings.offered_model_ids
                     else None, UrlSigner(store, settings.s3_url_seconds or URL_SECONDS))
+
+
+def build_job_service(settings: Settings, store: ImageStore):
+    """The job service on the backends the settings name: SQLite offline, SQS + DynamoDB on AWS."""
+    from jobs.service import JobService
+
+    if settings.jobs == "aws":
+        from backends.aws_clients import dynamodb_client, sqs_client
+        from backends.aws_jobs import DynamoJobTable, SqsQueue
+        table, queue = DynamoJobTable(dynamodb_client(), settings.dynamodb_table), \
+            SqsQueue(sqs_client(), settings.sqs_queue_url, settings.job_max_receives)
+    else:
+        from backends.sqlite_jobs import SqliteDatabase, SqliteJobTable, SqliteQueue
+        database = SqliteDatabase(settings.job_db)
+        table, queue = SqliteJobTable(database), SqliteQueue(database, settings.job_max_receives)
+    return JobService(table, queue, store, queue_seconds=settings.job_queue_seconds,
+                      retention_days=settings.job_retention_days)

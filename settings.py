@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -156,6 +157,35 @@ class Settings:
         30, _number("RECORD_RETENTION_DAYS", int, 1, 3650),
         "Days a request's record is kept: `flask --app wsgi records prune` offline; in S3 the bucket's "
         "lifecycle rule (deploy/s3/lifecycle.json, the same 30 days) expires them.")
+    jobs: str = _setting("sqlite", _choice("JOBS", ("sqlite", "aws")),
+                         "Where `/jobs` keep their queue and states: `sqlite` (one file, AIG_JOB_DB; any process "
+                         "of this host) or `aws` (SQS + DynamoDB; any number of hosts).")
+    job_db: str = _setting("var/jobs.sqlite3", _text, "The SQLite file of offline jobs (created if missing).")
+    sqs_queue_url: str = _setting("", _text, "URL of the jobs' SQS standard queue (required when AIG_JOBS=aws).")
+    dynamodb_table: str = _setting("", _text, "DynamoDB table of job states (required when AIG_JOBS=aws).")
+    job_max_receives: int = _setting(5, _number("JOB_MAX_RECEIVES", int, 1, 1000),
+                                     "Deliveries of one job message before it goes to the dead-letter queue and "
+                                     "its job fails; the same number as the queue's redrive `maxReceiveCount`.")
+    job_visibility_seconds: int = _setting(60, _number("JOB_VISIBILITY_SECONDS", int, 2, 43200),
+                                           "How long a worker holds a message and a job between heartbeats "
+                                           "(renewed every third of it); a dead worker's job is taken over after it.")
+    job_queue_seconds: int = _setting(3600, _number("JOB_QUEUE_SECONDS", int, 1, 14 * 86400),
+                                      "A job not started this long after it was queued ends `expired` unrun.")
+    job_retention_days: int = _setting(7, _number("JOB_RETENTION_DAYS", int, 1, 365),
+                                       "Days a job's state is kept (DynamoDB's TTL attribute `expires_at`).")
+    worker_jobs: int = _setting(8, _number("WORKER_JOBS", int, 1, 512),
+                                "Jobs one `python -m jobs.worker` process runs at once.")
+    webhook_secret: str = _setting("", _text,
+                                   "Secret that signs webhooks (`whsec_...`); with API keys each key gets its own, "
+                                   "derived from it. Empty: one is made and kept in the store.")
+    webhook_allow_networks: tuple[str, ...] = _setting((), _csv,
+                                                       "Networks (CIDR) webhooks may reach although they are "
+                                                       "loopback, private or link-local; empty: none.")
+    webhook_retry_seconds: tuple[str, ...] = _setting(("10", "60", "300", "1800", "7200"), _csv,
+                                                      "Waits before each retry of a failed webhook; their number is "
+                                                      "the number of retries.")
+    webhook_timeout_seconds: float = _setting(10.0, _number("WEBHOOK_TIMEOUT_SECONDS", float, 0.5, 60.0),
+                                              "Time-out of one webhook attempt.")
     log_level: str = _setting("info", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")),
                               "Log level.")
     api_keys_file: str = _setting("", _text,
@@ -203,6 +233,16 @@ class Settings:
             raise SettingsError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORE=s3")
         if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
             raise SettingsError(f"{PREFIX}S3_SSE_KMS_KEY_ID is required when {PREFIX}S3_SSE=aws:kms")
+        if self.jobs == "aws" and not (self.sqs_queue_url and self.dynamodb_table):
+            raise SettingsError(f"{PREFIX}SQS_QUEUE_URL and {PREFIX}DYNAMODB_TABLE are required when {PREFIX}JOBS=aws")
+        for wait in self.webhook_retry_seconds:
+            if not wait.isdigit() or not 1 <= int(wait) <= 86400:
+                raise SettingsError(f"{PREFIX}WEBHOOK_RETRY_SECONDS must be whole seconds from 1 to 86400, "
+                                    f"not {wait!r}")
+        try:
+            self.webhook_networks  # noqa: B018 - parsed here so a bad one stops start-up
+        except ValueError as error:
+            raise SettingsError(f"{PREFIX}WEBHOOK_ALLOW_NETWORKS: {error}") from None
         if self.bedrock_read_timeout_seconds >= self.request_deadline_seconds:
             raise SettingsError(
                 f"{PREFIX}BEDROCK_READ_TIMEOUT_SECONDS ({self.bedrock_read_timeout_seconds}) must be below "
@@ -225,6 +265,16 @@ class Settings:
     def uses_aws(self) -> bool:
         """True when some backend talks to AWS (and so needs a region and credentials)."""
         return self.model == "bedrock" or self.store == "s3" or self.moderation == "rekognition"
+
+    @property
+    def webhook_networks(self) -> tuple:
+        """AIG_WEBHOOK_ALLOW_NETWORKS as ip_network objects."""
+        return tuple(ipaddress.ip_network(text, strict=False) for text in self.webhook_allow_networks)
+
+    @property
+    def webhook_retries(self) -> tuple[int, ...]:
+        """The waits before each webhook retry, in seconds."""
+        return tuple(int(wait) for wait in self.webhook_retry_seconds)
 
     @property
     def offline(self) -> bool:

@@ -99,3 +99,22 @@ def rekognition_client(settings: Settings):
         retries={"mode": "standard", "total_max_attempts": REKOGNITION_MAX_ATTEMPTS},
         max_pool_connections=settings.model_concurrency,
     ))
+
+
+def sqs_client():
+    """SQS client: short time-outs beyond the long poll, botocore's standard retries (sends are cheap to repeat)."""
+    return _client("sqs", Config(
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        # A long poll holds the call for up to 20 s; the read time-out must outlast it.
+        read_timeout=READ_TIMEOUT_SECONDS + 20,
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+    ))
+
+
+def dynamodb_client():
+    """DynamoDB client: short time-outs, standard retries (a repeated conditional write fails its condition)."""
+    return _client("dynamodb", Config(
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+    ))

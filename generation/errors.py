@@ -108,5 +108,23 @@ class SourceNotFound(ServiceError):
     code = "source_not_found"
 
 
+class JobNotFound(ServiceError):
+    """No job with this id (or not the caller's)."""
+
+    code = "job_not_found"
+
+
+class JobNotCancellable(ServiceError):
+    """The job has started or ended; only a queued job can be cancelled."""
+
+    code = "job_not_cancellable"
+
+
+class JobsUnavailable(ServiceError):
+    """The job queue or table did not answer as it should."""
+
+    code = "jobs_unavailable"
+
+
 class KeyExists(Exception):
     """The store already holds this key; the caller picks another."""

@@ -11,7 +11,7 @@ from settings import Settings
 
 log = logging.getLogger("ai_image_generator.cors")
 # What a browser UI calls; health and /metrics are for operators, not pages.
-BROWSER_ROUTES = r"^/(generate_images|edit_images|models|records|images/.*|v1/.*)$"
+BROWSER_ROUTES = r"^/(generate_images|edit_images|models|records|jobs|jobs/.*|images/.*|v1/.*)$"
 # Preflights are cached this long (seconds), so a UI pays one OPTIONS per ten minutes, not per call.
 PREFLIGHT_MAX_AGE = 600
 
@@ -23,9 +23,9 @@ def install_cors(app: Flask, settings: Settings) -> None:
     CORS(
         app,
         resources={BROWSER_ROUTES: {"origins": list(settings.cors_origins)}},
-        methods=["GET", "POST", "OPTIONS"],
+        methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Idempotency-Key"],
-        expose_headers=["X-Request-ID", "Retry-After", "Server-Timing", "Idempotent-Replayed"],
+        expose_headers=["X-Request-ID", "Retry-After", "Server-Timing", "Idempotent-Replayed", "Location"],
         # Keys travel in a header, never in cookies, so the browser need not send credentials.
         supports_credentials=False,
         max_age=PREFLIGHT_MAX_AGE,

@@ -17,7 +17,7 @@ from web.problems import problem
 log = logging.getLogger("ai_image_generator.rate_limits")
 # The paid route; health, images and metrics are cheap and stay unlimited.
 LIMITED_ENDPOINTS = frozenset({"generate_images", "edit_images", "openai.generations", "openai.edits",
-                               "openai.variations"})
+                               "openai.variations", "jobs.submit"})
 REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 # A stuck Redis must not hold a request for long; past this the limiter falls back to memory.
 REDIS_TIMEOUT_SECONDS = 1.0

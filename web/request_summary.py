@@ -9,7 +9,7 @@ from flask import Flask, Response, g, request
 
 # The routes whose failures the metrics count as failed generations.
 GENERATION_ENDPOINTS = frozenset({"generate_images", "edit_images", "openai.generations", "openai.edits",
-                                  "openai.variations"})
+                                  "openai.variations", "jobs.submit"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Asynchronous jobs: a durable queue and job states, the worker that runs them, signed webhooks."""

@@ -1,0 +1,140 @@
+"""The asynchronous routes: POST /jobs (202 at once), GET /jobs/<id>, DELETE /jobs/<id>, the webhook secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from flask import Blueprint, Response, current_app, g, request
+
+from generation.errors import InvalidRequest
+from generation.model_registry import TEXT_TO_IMAGE
+from jobs.service import JobService
+from jobs.views import public_job
+from jobs.webhooks import secret_for_owner, url_problem
+from web.edit_request import plan_edit
+from web.idempotency import Replay, fingerprint
+from web.model_catalog import choose_profile
+from web.problems import PROBLEM_JSON, json_response, problem
+from web.request_schema import parse_generation_request
+
+jobs_routes = Blueprint("jobs", __name__)
+_build_lock = threading.Lock()
+# A job's answer is worth replaying for its Idempotency-Key: the job it made.
+ACCEPTED = 202
+
+
+def job_service() -> JobService:
+    """This process's job service, built on first use (the queue and table are only reached for /jobs)."""
+    services = current_app.extensions["aig"]["services"]
+    if services.jobs is None:
+        with _build_lock:
+            if services.jobs is None:
+                from services import build_job_service
+
+                services.jobs = build_job_service(current_app.extensions["aig"]["settings"], services.store)
+    return services.jobs
+
+
+def _owner() -> str:
+    return g.get("api_key_id", "")
+
+
+def _owner_filter() -> str | None:
+    # With API keys on, a caller sees only its own jobs; with keys off there is no owner to tell apart.
+    return _owner() if current_app.extensions["aig"]["settings"].api_keys_file else None
+
+
+@jobs_routes.post("/jobs")
+def submit():
+    """Check the body as /generate_images (or /edit_images, with a `task`) would, queue it, answer 202."""
+    aig = current_app.extensions["aig"]
+    settings, services = aig["settings"], aig["services"]
+    request.max_content_length = settings.max_edit_body_bytes  # a job may be an edit, with images in its body
+    body = aig["read_body"]()
+    webhook_url = body.pop("webhook_url", None)
+    if webhook_url is not None:
+        reason = url_problem(webhook_url, settings.webhook_networks) if isinstance(webhook_url, str) \
+            else "must be a string"
+        if reason:
+            raise InvalidRequest([{"field": "webhook_url", "message": reason}])
+    if body.get("task", TEXT_TO_IMAGE) != TEXT_TO_IMAGE:
+        kind = "edit"
+        generation = plan_edit(body, services.models, services.store, services.screener,
+                               default_quality=settings.default_quality, private_prefix=settings.quarantine_prefix)
+    else:
+        kind = "generate"
+        body.pop("task", None)
+        profile, named = choose_profile(body, services.models)
+        generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
+                                              root_prefix=services.store.key_prefix, named=named,
+                                              reserved_prefix=settings.quarantine_prefix)
+    generation = dataclasses.replace(generation, owner=_owner())
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        return _accepted(_submit(generation, kind, webhook_url))
+    keys = services.idempotency
+    claim = keys.begin(idempotency_key, _owner(), fingerprint({**body, "webhook_url": webhook_url, "job": True}),
+                       g.request_id)
+    if isinstance(claim, Replay):
+        g.replayed = True
+        if claim.status != ACCEPTED:
+            return json_response(claim.body, claim.status, PROBLEM_JSON)
+        response = _accepted(claim.body)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    try:
+        view = _submit(generation, kind, webhook_url)
+    except Exception:
+        keys.finish(claim, 500, {})  # nothing queued: a retry should really try again
+        raise
+    keys.finish(claim, ACCEPTED, view)
+    return _accepted(view)
+
+
+def _submit(generation, kind: str, webhook_url: str | None) -> dict:
+    job = job_service().submit(generation, kind=kind, owner=_owner(), webhook_url=webhook_url,
+                               submitted_request_id=g.request_id)
+    g.job_id = job["job_id"]
+    return _view(job)
+
+
+def _accepted(view: dict) -> Response:
+    response = json_response(view, ACCEPTED)
+    response.headers["Location"] = view["links"]["self"]
+    return response
+
+
+def _view(job: dict) -> dict:
+    aig = current_app.extensions["aig"]
+    return public_job(job, aig["services"].store, aig["image_url"])
+
+
+@jobs_routes.get("/jobs/<job_id>")
+def status(job_id: str):
+    """The job's state; once it ended, its manifest (or error) too."""
+    job = job_service().get(job_id, _owner_filter())
+    response = json_response(_view(job))
+    response.headers["Cache-Control"] = "no-store"  # the state changes; every poll must see the current one
+    return response
+
+
+@jobs_routes.delete("/jobs/<job_id>")
+def cancel(job_id: str):
+    """Cancel a job that has not started; 409 once it has."""
+    return json_response(_view(job_service().cancel(job_id, _owner_filter())))
+
+
+@jobs_routes.get("/jobs/webhook-secret")
+def webhook_secret():
+    """The calling API key's webhook secret (to verify signatures); with keys off, the operator holds it."""
+    settings = current_app.extensions["aig"]["settings"]
+    if not settings.api_keys_file:
+        return problem(403, "Forbidden", "with API keys off the webhook secret is the operator's: "
+                       "AIG_WEBHOOK_SECRET, or `flask --app wsgi jobs webhook-secret`", "webhook_secret_private")
+    master = job_service().webhook_master_secret(settings.webhook_secret)
+    response = json_response({"secret": secret_for_owner(master, _owner()),
+                              "signature": "Standard Webhooks v1: HMAC-SHA256 over `<webhook-id>.<webhook-"
+                                           "timestamp>.<body>`, base64, in the webhook-signature header"})
+    response.headers["Cache-Control"] = "no-store"
+    return response
