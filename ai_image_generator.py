@@ -11,6 +11,7 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from admin.jobs_cli import jobs as jobs_cli
 from admin.keys_cli import keys as keys_cli
 from admin.records_cli import records as records_cli
 from backends.filesystem_store import IMAGE_SUFFIXES
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_metrics(app, settings)
     app.cli.add_command(keys_cli)
     app.cli.add_command(records_cli)
+    app.cli.add_command(jobs_cli)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -1,4 +1,4 @@
-"""`flask --app wsgi records prune`: drop request records and idempotency keys past their retention (offline store)."""
+"""`flask --app wsgi records prune`: drop request records, idempotency keys and job requests past retention (offline)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from generation.request_records import RECORD_FOLDER
+from jobs.service import REQUEST_FOLDER as JOB_REQUEST_FOLDER
 from web.idempotency import FOLDER as IDEMPOTENCY_FOLDER
 
 records = AppGroup("records", help="Request records and idempotency keys kept in the store.")
@@ -29,4 +30,7 @@ def prune_command(days: int | None) -> None:
     days = settings.record_retention_days if days is None else days
     gone = store.prune(RECORD_FOLDER, days * DAY_SECONDS)
     keys = store.prune(IDEMPOTENCY_FOLDER, IDEMPOTENCY_RETENTION_DAYS * DAY_SECONDS)
-    click.echo(f"pruned {gone} request record(s) older than {days} day(s) and {keys} idempotency file(s)")
+    # A job's request is needed only while its job may run or be looked at: the job's own retention.
+    job_requests = store.prune(JOB_REQUEST_FOLDER, settings.job_retention_days * DAY_SECONDS)
+    click.echo(f"pruned {gone} request record(s) older than {days} day(s), {keys} idempotency file(s) and "
+               f"{job_requests} job request(s)")

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 import uuid
 
-from generation.errors import JobNotCancellable, JobNotFound, JobsUnavailable, KeyExists, ServiceError
+from generation.errors import (
+    IdempotencyMismatch,
+    JobNotCancellable,
+    JobNotFound,
+    JobsUnavailable,
+    KeyExists,
+    ServiceError,
+)
 from image_generation import GenerationRequest
 from jobs.request_codec import encode_request
 from jobs.states import CANCELLED, EXPIRED, QUEUED, JobQueue, JobTable, When
+from web.idempotency import IdempotencyKeys
 
 log = logging.getLogger("ai_image_generator.jobs")
 REQUEST_FOLDER = ".jobs"  # hidden: the image route never serves a dot segment
@@ -39,22 +48,55 @@ class JobService:
         self.retention_seconds = retention_days * 86400
 
     def submit(self, request: GenerationRequest, *, kind: str, owner: str, webhook_url: str | None,
-               submitted_request_id: str) -> dict:
-        """Keep the checked request, write the job `queued`, then queue its message; the job's document."""
-        job_id = uuid.uuid4().hex
+               submitted_request_id: str, idempotency: tuple[str, str] | None = None) -> tuple[dict, bool]:
+        """Keep the checked request, write the job `queued`, then queue its message; (job, replayed).
+
+        With `idempotency` = (Idempotency-Key, body fingerprint) the job's id is derived from the key,
+        so a retried POST, to any web instance, finds the job the first one made instead of making another.
+        """
+        if idempotency is None:
+            job_id = uuid.uuid4().hex
+        else:
+            IdempotencyKeys.check_key(idempotency[0])
+            job_id = hashlib.sha256(f"job\0{owner}\0{idempotency[0]}".encode()).hexdigest()[:32]
+            existing = self.table.get(job_id)
+            if existing is not None:
+                return self._replay(existing, idempotency[1]), True
         request_key = f"{REQUEST_FOLDER}/{job_id}.request.json"
         # The request goes to the store, not the message or the table: an edit's images can be
         # megabytes, more than an SQS message (256 KiB) or a DynamoDB item (400 KB) holds.
-        self.store.put_new(request_key, encode_request(request), {"request-id": job_id},
-                           content_type="application/json", kind=REQUEST_KIND)
+        try:
+            self.store.put_new(request_key, encode_request(request), {"request-id": job_id},
+                               content_type="application/json", kind=REQUEST_KIND)
+        except KeyExists:
+            pass  # an earlier try with this Idempotency-Key stopped after keeping the same request
         now = time.time()
         job = {"job_id": job_id, "state": QUEUED, "kind": kind, "owner": owner, "created_at": now, "updated_at": now,
                "start_by": now + self.queue_seconds, "expires_at": int(now + self.retention_seconds),
                "request_key": request_key, "submitted_request_id": submitted_request_id, "attempts": 0,
                "output_folder": request.output_folder, "task": request.task, "count": request.count,
                "model_id": request.model_id, "webhook_url": webhook_url,
-               "webhook_state": "pending" if webhook_url else "none", "webhook_attempts": []}
-        self.table.create(job)
+               "webhook_state": "pending" if webhook_url else "none", "webhook_attempts": [],
+               "fingerprint": idempotency[1] if idempotency else None}
+        try:
+            self.table.create(job)
+        except KeyExists:
+            # Another instance made it a moment ago, for the same Idempotency-Key.
+            return self._replay(self.table.get(job_id) or job, idempotency[1] if idempotency else ""), True
+        self._queue(job_id)
+        return job, False
+
+    def _replay(self, job: dict, fingerprint: str) -> dict:
+        """The job an Idempotency-Key made, if the body is the same; queued again in case its message was lost."""
+        if job.get("fingerprint") != fingerprint:
+            raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
+        if job["state"] == QUEUED:
+            # The first try may have stopped between writing the job and queueing it. A second message is
+            # harmless: a worker claims a job conditionally, so only one delivery runs it.
+            self._queue(job["job_id"])
+        return job
+
+    def _queue(self, job_id: str) -> None:
         try:
             self.queue.send(run_message(job_id))
         except ServiceError:
@@ -64,7 +106,6 @@ class JobService:
                                                  "detail": "the job could not be queued; nothing was made"}},
                               (When((QUEUED,)),))
             raise
-        return job
 
     def get(self, job_id: str, owner: str | None) -> dict:
         """The job (shown `expired` once it waited past its start-by time); JobNotFound unless it is the caller's."""

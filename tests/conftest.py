@@ -33,7 +33,8 @@ def make_stack(data_dir):
     """Build an offline app and its services: settings overrides by name, fakes as model/store/screener."""
 
     def build(*, model=None, store=None, screener=None, **overrides):
-        settings = Settings.from_env({}, **{"data_dir": str(data_dir), **overrides})
+        settings = Settings.from_env({}, **{"data_dir": str(data_dir), "job_db": str(data_dir.parent / "jobs.sqlite3"),
+                                            **overrides})
         services = build_services(settings, models=ModelChain([model]) if model else None, store=store,
                                   screener=screener)
         return create_app(settings, services), services

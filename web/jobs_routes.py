@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, current_app, g, request
 
 from generation.errors import InvalidRequest
 from generation.model_registry import TEXT_TO_IMAGE
@@ -13,14 +13,13 @@ from jobs.service import JobService
 from jobs.views import public_job
 from jobs.webhooks import secret_for_owner, url_problem
 from web.edit_request import plan_edit
-from web.idempotency import Replay, fingerprint
+from web.idempotency import fingerprint
 from web.model_catalog import choose_profile
-from web.problems import PROBLEM_JSON, json_response, problem
+from web.problems import json_response, problem
 from web.request_schema import parse_generation_request
 
 jobs_routes = Blueprint("jobs", __name__)
 _build_lock = threading.Lock()
-# A job's answer is worth replaying for its Idempotency-Key: the job it made.
 ACCEPTED = 202
 
 
@@ -71,37 +70,16 @@ def submit():
                                               reserved_prefix=settings.quarantine_prefix)
     generation = dataclasses.replace(generation, owner=_owner())
     idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is None:
-        return _accepted(_submit(generation, kind, webhook_url))
-    keys = services.idempotency
-    claim = keys.begin(idempotency_key, _owner(), fingerprint({**body, "webhook_url": webhook_url, "job": True}),
-                       g.request_id)
-    if isinstance(claim, Replay):
-        g.replayed = True
-        if claim.status != ACCEPTED:
-            return json_response(claim.body, claim.status, PROBLEM_JSON)
-        response = _accepted(claim.body)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    try:
-        view = _submit(generation, kind, webhook_url)
-    except Exception:
-        keys.finish(claim, 500, {})  # nothing queued: a retry should really try again
-        raise
-    keys.finish(claim, ACCEPTED, view)
-    return _accepted(view)
-
-
-def _submit(generation, kind: str, webhook_url: str | None) -> dict:
-    job = job_service().submit(generation, kind=kind, owner=_owner(), webhook_url=webhook_url,
-                               submitted_request_id=g.request_id)
+    idempotency = None if idempotency_key is None else \
+        (idempotency_key, fingerprint({**body, "webhook_url": webhook_url}))
+    job, replayed = job_service().submit(generation, kind=kind, owner=_owner(), webhook_url=webhook_url,
+                                         submitted_request_id=g.request_id, idempotency=idempotency)
     g.job_id = job["job_id"]
-    return _view(job)
-
-
-def _accepted(view: dict) -> Response:
-    response = json_response(view, ACCEPTED)
-    response.headers["Location"] = view["links"]["self"]
+    response = json_response(_view(job), ACCEPTED)
+    response.headers["Location"] = f"/jobs/{job['job_id']}"
+    if replayed:
+        g.replayed = True
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
