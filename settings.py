@@ -239,6 +239,13 @@ class Settings:
             if not wait.isdigit() or not 1 <= int(wait) <= 86400:
                 raise SettingsError(f"{PREFIX}WEBHOOK_RETRY_SECONDS must be whole seconds from 1 to 86400, "
                                     f"not {wait!r}")
+        if self.webhook_secret:
+            from jobs.webhooks import secret_key
+
+            try:
+                secret_key(self.webhook_secret)
+            except ValueError as error:
+                raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: {error}") from None
         try:
             self.webhook_networks  # noqa: B018 - parsed here so a bad one stops start-up
         except ValueError as error:

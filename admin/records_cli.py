@@ -1,4 +1,4 @@
-"""`flask --app wsgi records prune`: drop request records, idempotency keys and job requests past retention (offline)."""
+"""`flask --app wsgi records prune`: drop records, idempotency keys and job requests past retention (offline)."""
 
 from __future__ import annotations
 
