@@ -58,7 +58,7 @@ class DynamoJobTable:
             values[f":a{i}"] = self._value(list(items))
             values[":empty"] = {"L": []}
             sets.append(f"#a{i} = list_append(if_not_exists(#a{i}, :empty), :a{i})")
-        names.update({"#state": "state", "#worker": "worker"})
+        names["#state"] = "state"
         alternatives = []
         for i, condition in enumerate(when):
             states = []
@@ -68,6 +68,7 @@ class DynamoJobTable:
             parts = [f"#state IN ({', '.join(states)})"]
             if condition.worker is not None:
                 values[f":w{i}worker"] = {"S": condition.worker}
+                names["#worker"] = "worker"  # DynamoDB refuses a name the expressions do not use
                 parts.append(f"#worker = :w{i}worker")
             if condition.lease_ended_before is not None:
                 values[f":w{i}lease"] = self._value(condition.lease_ended_before)

@@ -199,20 +199,25 @@ class JobRunner:
                         "detail": f"the job failed on each of its {message.receive_count} deliveries and its "
                                   f"message went to the dead-letter queue; last failure: {reason}"}},
                     (When((QUEUED,)), When((RUNNING,), worker=self.worker_id)))
-                # The message is left undeleted: the queue's redrive policy moves it to the dead-letter queue.
                 if failed is not None:
                     self.notify(failed)
-                return
-            self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0,
-                                       "last_error": {"code": "attempt_failed", "detail": reason}},
-                              (When((RUNNING,), worker=self.worker_id),))
+            else:
+                self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0,
+                                           "last_error": {"code": "attempt_failed", "detail": reason}},
+                                  (When((RUNNING,), worker=self.worker_id),))
         except Exception:  # noqa: BLE001 - the table itself may be what failed
             log.exception("job %s: could not record the failed attempt", job_id)
         self._back_off(message)
 
     def _back_off(self, message: Message) -> None:
+        """Hide a failed message for a growing while; after its last delivery, not at all.
+
+        Left undeleted and visible after its last delivery, the next receive finds it past the redrive
+        policy's count and the queue moves it to the dead-letter queue.
+        """
+        last = message.receive_count >= self.queue.max_receives
         try:
-            self.queue.set_visibility(message.receipt, _back_off_seconds(message.receive_count))
+            self.queue.set_visibility(message.receipt, 0 if last else _back_off_seconds(message.receive_count))
         except Exception:  # noqa: BLE001 - it comes back when its visibility ends anyway
             log.exception("could not set a message's back-off")
 

@@ -76,6 +76,9 @@ def aws_env(monkeypatch, moto_s3, standin):
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", standin.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK", standin.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_REKOGNITION", standin.url)
+    # moto's server speaks SQS and DynamoDB too (the jobs' queue and table).
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_s3)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_s3)
     # The process-wide session was made from whatever environment came before.
     aws_clients.reset_session()
     yield
