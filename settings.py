@@ -291,7 +291,8 @@ class Settings:
 
 # AIG_* names read elsewhere than this class (gunicorn's config, the test suite, the benchmark).
 OTHER_NAMES = frozenset({"AIG_BIND", "AIG_WORKERS", "AIG_THREADS", "AIG_WORKER_TMP_DIR", "AIG_REQUIRE_TOOLS",
-                         "AIG_REQUIRE_DEPLOY_TOOLS", "AIG_REQUIRE_REDIS", "AIG_SOAK_SECONDS"})
+                         "AIG_REQUIRE_DEPLOY_TOOLS", "AIG_REQUIRE_REDIS", "AIG_SOAK_SECONDS",
+                         "AIG_SERVE_WORKER"})
 
 
 def unknown_names(environ: Mapping[str, str] | None = None) -> list[str]:

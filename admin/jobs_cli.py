@@ -30,7 +30,7 @@ def create_aws_command(queue_name: str, table_name: str) -> None:
 
 @jobs.command("webhook-secret")
 def webhook_secret_command() -> None:
-    """Print the webhook secret (with API keys on, each key's own is at GET /jobs/webhook-secret)."""
+    """Print the webhook secret (with API keys on, each key's own is at GET /webhooks/secret)."""
     from web.jobs_routes import job_service
 
     settings = current_app.extensions["aig"]["settings"]

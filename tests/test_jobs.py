@@ -94,6 +94,7 @@ def test_an_edit_job_runs_the_edit_task(stack, data_dir):
     ({**BODY, "webhook_url": "http://169.254.169.254/latest/meta-data"}, "webhook_url"),
     ({**BODY, "webhook_url": "ftp://example.com/x"}, "webhook_url"),
     ({**BODY, "webhook_url": 7}, "webhook_url"),
+    ({**BODY, "webhook_url": None}, "webhook_url"),
     ({**BODY, "task": "no_such_task"}, "task"),
 ])
 def test_a_bad_job_is_refused_at_once_and_nothing_is_queued(stack, data_dir, body, field):
@@ -256,14 +257,14 @@ def test_with_api_keys_a_job_is_seen_and_cancelled_by_its_owner_only(stack, tmp_
     assert client.get(location, headers={"X-API-Key": theirs}).status_code == 404
     assert client.delete(location, headers={"X-API-Key": theirs}).status_code == 404
     assert client.get(location, headers={"X-API-Key": mine}).status_code == 200
-    secret_mine = client.get("/jobs/webhook-secret", headers={"X-API-Key": mine}).get_json()["secret"]
-    secret_theirs = client.get("/jobs/webhook-secret", headers={"X-API-Key": theirs}).get_json()["secret"]
+    secret_mine = client.get("/webhooks/secret", headers={"X-API-Key": mine}).get_json()["secret"]
+    secret_theirs = client.get("/webhooks/secret", headers={"X-API-Key": theirs}).get_json()["secret"]
     assert secret_mine.startswith("whsec_") and secret_mine != secret_theirs
 
 
 def test_without_api_keys_the_webhook_secret_is_not_served(stack):
     app, client, *_ = stack()
-    answer = client.get("/jobs/webhook-secret")
+    answer = client.get("/webhooks/secret")
     assert answer.status_code == 403 and answer.get_json()["code"] == "webhook_secret_private"
 
 

@@ -22,7 +22,8 @@ CURL_LINE = ['curl', '-s', '-X', 'POST', '--data',
 def live(tmp_path):
     """gunicorn serving the offline app on a free loopback port; yields (base url, data folder)."""
     port, data = free_port(), tmp_path / "images"
-    proc = start_gunicorn({"AIG_DATA_DIR": str(data), "AIG_WORKERS": "2", "AIG_THREADS": "8"}, port,
+    proc = start_gunicorn({"AIG_DATA_DIR": str(data), "AIG_JOB_DB": str(tmp_path / "jobs.sqlite3"), "AIG_WORKERS": "2",
+                           "AIG_THREADS": "8"}, port,
                           tmp_path / "gunicorn.log")
     yield f"http://127.0.0.1:{port}", data
     stop(proc)

@@ -51,10 +51,11 @@ def submit():
     settings, services = aig["settings"], aig["services"]
     request.max_content_length = settings.max_edit_body_bytes  # a job may be an edit, with images in its body
     body = aig["read_body"]()
-    webhook_url = body.pop("webhook_url", None)
-    if webhook_url is not None:
+    webhook_url = None
+    if "webhook_url" in body:
+        webhook_url = body.pop("webhook_url")
         reason = url_problem(webhook_url, settings.webhook_networks) if isinstance(webhook_url, str) \
-            else "must be a string"
+            else "must be a string (an http or https URL)"
         if reason:
             raise InvalidRequest([{"field": "webhook_url", "message": reason}])
     if body.get("task", TEXT_TO_IMAGE) != TEXT_TO_IMAGE:
@@ -103,7 +104,7 @@ def cancel(job_id: str):
     return json_response(_view(job_service().cancel(job_id, _owner_filter())))
 
 
-@jobs_routes.get("/jobs/webhook-secret")
+@jobs_routes.get("/webhooks/secret")
 def webhook_secret():
     """The calling API key's webhook secret (to verify signatures); with keys off, the operator holds it."""
     settings = current_app.extensions["aig"]["settings"]

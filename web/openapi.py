@@ -150,6 +150,40 @@ def edit_request_schema(variants: list[tuple[ModelProfile, str]]) -> dict:
     return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
 
 
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+WEBHOOK_URL = {"type": "string", "maxLength": 2048, "format": "uri",
+               "description": "Where the signed webhook goes when the job ends (public http/https addresses only)"}
+JOB = {
+    "type": "object",
+    "required": ["job_id", "state", "kind", "links"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "state": {"enum": ["queued", "running", "succeeded", "partial", "failed", "cancelled", "expired"]},
+        "kind": {"enum": ["generate", "edit"]},
+        "attempts": {"type": "integer"},
+        "created_at": {"type": "string"}, "started_at": {"type": "string"}, "finished_at": {"type": "string"},
+        "manifest": MANIFEST,
+        "error": {"type": "object", "properties": {"code": {"type": "string"}, "detail": {"type": "string"},
+                                                    "status": {"type": "integer"}}},
+        "webhook": {"type": "object", "properties": {
+            "url": {"type": "string"}, "state": {"enum": ["pending", "retrying", "delivered", "failed"]},
+            "attempts": {"type": "array", "items": {"type": "object"}}}},
+        "links": {"type": "object"},
+    },
+}
+
+
+def job_request_schema(generate: dict, edit: dict | None) -> dict:
+    """The body of POST /jobs: a generation's or an edit's, each with an optional `webhook_url`."""
+    variants = []
+    for schema in (generate, edit):
+        if schema is None:
+            continue
+        for branch in schema.get("anyOf", [schema]):
+            variants.append({**branch, "properties": {**branch.get("properties", {}), "webhook_url": WEBHOOK_URL}})
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
 def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
                      edits: list[tuple[ModelProfile, str]] = ()) -> dict:
     """Every route, its bodies and every answer it can give; with `api_keys`, the routes that need one."""
@@ -187,6 +221,30 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
                 "responses": {"200": _json_response("The manifest", MANIFEST),
                               **_problems(400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)},
             }},
+            "/jobs": {"post": {
+                "summary": "Queue a generation (a /generate_images body) or an edit (an /edit_images body, with "
+                           "`task`); answer 202 with the job at once",
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": job_request_schema(
+                    request_schema(profiles), edit_request_schema(list(edits)) if edits else None)}}},
+                "responses": {"202": {**_json_response("The job, queued (Location: /jobs/{job_id})", JOB),
+                                      "headers": {"Location": {"schema": {"type": "string"}}}},
+                              **_problems(400, 401, 403, 404, 413, 422, 429, 500, 503)},
+            }},
+            "/jobs/{job_id}": {
+                "get": {"summary": "A job's state; once ended, its manifest or error",
+                        "parameters": [JOB_ID],
+                        "responses": {"200": _json_response("The job", JOB), **_problems(401, 404, 500, 503)}},
+                "delete": {"summary": "Cancel a job that has not started",
+                           "parameters": [JOB_ID],
+                           "responses": {"200": _json_response("The job, cancelled", JOB),
+                                         **_problems(401, 403, 404, 409, 500, 503)}},
+            },
+            "/webhooks/secret": {"get": {
+                "summary": "The calling API key's webhook secret (with API keys on)",
+                "responses": {"200": _json_response("The secret", {
+                    "type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}}),
+                              **_problems(401, 403, 500, 503)}}},
             "/v1/models": {"get": {"summary": "OpenAI-compatible: the offered models in OpenAI's list shape",
                                    "responses": {"200": _json_response("The models", OPENAI_LIST),
                                                  **_openai_errors(401, 500)}}},
@@ -228,7 +286,7 @@ def openapi_document(profiles: list[ModelProfile], *, api_keys: bool = False,
     }
     if api_keys:
         for path in ("/generate_images", "/edit_images", "/images/{key}", "/openapi.json", "/models", "/records",
-                     "/v1/models",
+                     "/v1/models", "/jobs", "/jobs/{job_id}", "/webhooks/secret",
                      "/v1/images/generations", "/v1/images/edits", "/v1/images/variations"):
             for operation in document["paths"][path].values():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
