@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO / "gunicorn" / "gunicorn.conf.py"
 NGINX_SITE = REPO / "deploy" / "nginx" / "ai-image-generator.conf"
 SYSTEMD_UNIT = REPO / "deploy" / "systemd" / "ai-image-generator.service"
+WORKER_UNIT = REPO / "deploy" / "systemd" / "ai-image-generator-worker@.service"
+# The site's one active upstream line, which rewrite_site replaces by one line per test port.
+UPSTREAM_LINE = re.compile(r"^([ \t]*)server 127\.0\.0\.1:8080;$", re.M)
 # Debian puts nginx and systemd tools in /usr/sbin, which is not on a normal user's PATH.
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -116,16 +120,33 @@ def start_gunicorn(env: dict[str, str], port: int, log_path: Path, timeout: floa
     raise RuntimeError(f"gunicorn not healthy after {timeout} s:\n{_tail(log_path)}")
 
 
-def rewrite_site(text: str, *, nginx_port: int, upstream_port: int, log_dir: Path,
+def _upstream_ports(upstream_port: int | None, upstream_ports: Sequence[int] | None) -> list[int]:
+    """The one port, or the several ports, a caller gave (exactly one of the two)."""
+    if (upstream_port is None) == (upstream_ports is None):
+        raise TypeError("give upstream_port or upstream_ports, not both or neither")
+    ports = [upstream_port] if upstream_port is not None else list(upstream_ports)
+    if not ports:
+        raise ValueError("upstream_ports is empty: nginx needs at least one server")
+    return ports
+
+
+def rewrite_site(text: str, *, nginx_port: int, log_dir: Path, upstream_port: int | None = None,
+                 upstream_ports: Sequence[int] | None = None,
                  tls_port: int | None = None, cert_dir: Path | None = None) -> str:
     """The repo's site with only its ports (to loopback ones) and log paths (to log_dir) changed.
 
-    With tls_port, the "#tls " lines are uncommented (as the operator would) and point at
-    cert_dir/fullchain.pem and cert_dir/privkey.pem.
+    The upstream's one active `server 127.0.0.1:8080;` line becomes one `server 127.0.0.1:<port>;`
+    line per port: upstream_port for one instance, upstream_ports for several. With tls_port, the
+    "#tls " lines are uncommented (as the operator would) and point at cert_dir/fullchain.pem and
+    cert_dir/privkey.pem.
     """
+    ports = _upstream_ports(upstream_port, upstream_ports)
     out = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{nginx_port} default_server;")
     out = re.sub(r"^\s*listen \[::\]:80 .*$\n", "", out, flags=re.M)
-    out = out.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};")
+    out, found = UPSTREAM_LINE.subn(
+        lambda m: "\n".join(f"{m.group(1)}server 127.0.0.1:{port};" for port in ports), out)
+    if found != 1:
+        raise ValueError(f"the site has {found} active 'server 127.0.0.1:8080;' lines, not one")
     out = out.replace("/var/log/nginx/", f"{log_dir}/")
     if tls_port is not None:
         out = re.sub(r"^(\s*)#tls ", r"\1", out, flags=re.M)
@@ -187,16 +208,19 @@ def make_self_signed_cert(cert_dir: Path) -> None:
                     "-out", str(cert_dir / "fullchain.pem")], check=True, capture_output=True)
 
 
-def start_nginx(site_path: Path, nginx_port: int, upstream_port: int, tmp_path: Path,
-                timeout: float = 10.0) -> subprocess.Popen:
+def start_nginx(site_path: Path, nginx_port: int, upstream_port: int | None = None, tmp_path: Path | None = None,
+                timeout: float = 10.0, *, upstream_ports: Sequence[int] | None = None) -> subprocess.Popen:
     """Run the real nginx in the foreground with the site rewritten for loopback ports and tmp_path.
 
-    The access log lands in tmp_path/logs/ai-image-generator.access.log.
+    upstream_port is the one web instance; upstream_ports lists several (nginx's upstream gets one
+    line each, in that order). The access log lands in tmp_path/logs/ai-image-generator.access.log.
     """
+    if tmp_path is None:
+        raise TypeError("start_nginx needs tmp_path")
     nginx = require_tool("nginx")
     workdir = tmp_path
     site = rewrite_site(Path(site_path).read_text(), nginx_port=nginx_port, upstream_port=upstream_port,
-                        log_dir=workdir / "logs")
+                        upstream_ports=upstream_ports, log_dir=workdir / "logs")
     conf = write_nginx_conf(site, workdir)
     log_path = workdir / "logs" / "nginx.out"
     log = open(log_path, "ab")  # stop() closes it
