@@ -198,6 +198,11 @@ class Settings:
                               "Redis URL for rate-limit counters shared by all workers and hosts; empty: per process.")
     trust_proxy: bool = _setting(False, _flag("TRUST_PROXY"),
                                  "`1` behind exactly one proxy (nginx): take the client address from X-Forwarded-For.")
+    proxy_addresses: tuple[str, ...] = _setting((), _csv,
+                                                "Addresses of the nginx hosts in front of this instance when nginx "
+                                                "runs on another host (several hosts): their X-Forwarded-For is "
+                                                "trusted (with AIG_TRUST_PROXY=1) and AIG_BIND may then face the "
+                                                "network; empty: nginx on this host, over loopback.")
     cors_origins: tuple[str, ...] = _setting((), _csv,
                                              "Browser origins allowed by CORS, comma separated; empty: none.")
     metrics_key: str = _setting("", _text,
@@ -246,6 +251,11 @@ class Settings:
                 secret_key(self.webhook_secret)
             except ValueError as error:
                 raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: {error}") from None
+        for address in self.proxy_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise SettingsError(f"{PREFIX}PROXY_ADDRESSES: {address!r} is not an IP address") from None
         try:
             self.webhook_networks  # noqa: B018 - parsed here so a bad one stops start-up
         except ValueError as error:

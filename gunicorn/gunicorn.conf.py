@@ -36,6 +36,10 @@ def _count(name, default, high):
     return value
 
 
+# The nginx hosts in front of this instance when nginx is on another host (settings.py checks each).
+_PROXIES = [part.strip() for part in os.environ.get("AIG_PROXY_ADDRESSES", "").split(",") if part.strip()]
+
+
 def _checked_bind(raw):
     """AIG_BIND as host:port (or unix:/path); a public address gets a loud warning, never a trusted proxy."""
     import ipaddress
@@ -52,11 +56,14 @@ def _checked_bind(raw):
     except ValueError:
         loopback = host in _LOOPBACK_NAMES
     if not loopback:
+        if _PROXIES:
+            return raw  # several hosts: nginx on another host is this instance's one door (AIG_PROXY_ADDRESSES)
         if os.environ.get("AIG_TRUST_PROXY", "").strip().lower() in ("1", "true", "yes", "on"):
             # Without nginx in front, any caller could write X-Forwarded-For and pick the address its
             # rate limit is counted under.
             _refuse(f"AIG_TRUST_PROXY=1 trusts X-Forwarded-For, which is safe only behind the one proxy on "
-                    f"this host; AIG_BIND={raw} faces the network. Bind to 127.0.0.1 behind nginx.")
+                    f"this host; AIG_BIND={raw} faces the network. Bind to 127.0.0.1 behind nginx (or, with "
+                    f"nginx on another host, name it in AIG_PROXY_ADDRESSES).")
         print(f"WARNING: AIG_BIND={raw} faces the network without nginx in front: slow clients can hold "
               f"every gunicorn thread, and nothing limits floods. Bind to 127.0.0.1 behind the nginx site "
               f"in deploy/nginx.", file=sys.stderr)
@@ -110,8 +117,9 @@ worker_tmp_dir = _tmp_dir if os.path.isdir(_tmp_dir) else None
 # under ProtectSystem=strict with no home that fails, and nothing here uses gunicornc.
 control_socket_disable = True
 
-# Trust X-Forwarded-Proto & co. only from the one proxy in front of us: nginx on loopback.
-forwarded_allow_ips = "127.0.0.1"
+# Trust X-Forwarded-Proto & co. only from the proxy in front of us: nginx on loopback, or the nginx
+# hosts named in AIG_PROXY_ADDRESSES when the web instances run on other hosts than nginx.
+forwarded_allow_ips = ",".join(["127.0.0.1", *_PROXIES])
 
 # The name in ps/top and in the journal.
 proc_name = "ai-image-generator"

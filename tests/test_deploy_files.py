@@ -185,6 +185,15 @@ def test_gunicorn_refuses_a_bad_start_up_in_one_line_naming_the_variable(aig, wo
     assert "Traceback" not in output and "Booting worker" not in output
 
 
+def test_a_network_bind_with_a_trusted_proxy_is_taken_when_the_nginx_hosts_are_named():
+    # Several hosts: nginx elsewhere fronts this instance. The bind passes its check (the run then stops
+    # at the next check, the zero workers, so nothing listens on the network during the test).
+    code, output = run_gunicorn(AIG_BIND="0.0.0.0:1", AIG_TRUST_PROXY="1", AIG_PROXY_ADDRESSES="10.0.0.9",
+                                AIG_WORKERS="0")
+    assert "AIG_WORKERS must be a whole number" in output
+    assert "AIG_TRUST_PROXY=1 trusts X-Forwarded-For" not in output and "faces the network" not in output
+
+
 def test_a_misspelled_setting_is_warned_about_and_a_public_bind_loudly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIG_")}
     env.update(AIG_MODL="bedrock", AIG_DATA_DIR=str(tmp_path), AIG_WORKERS="1")

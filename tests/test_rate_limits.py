@@ -66,6 +66,18 @@ def test_forwarded_for_counts_only_when_the_proxy_is_trusted(make_app):
     assert generate(trusted, headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 429
 
 
+def test_forwarded_for_counts_only_from_the_proxy_addresses(make_app):
+    # Several hosts: nginx on 10.0.0.9 fronts this instance, which listens on the network.
+    client = make_app(rate_limit="1/minute", trust_proxy=True, proxy_addresses=("10.0.0.9",)).test_client()
+    via_nginx = {"REMOTE_ADDR": "10.0.0.9"}
+    assert generate(client, headers={"X-Forwarded-For": "198.51.100.1"}, environ_base=via_nginx).status_code == 200
+    assert generate(client, headers={"X-Forwarded-For": "198.51.100.2"}, environ_base=via_nginx).status_code == 200
+    # A caller reaching the instance directly cannot pick the address its budget is counted under.
+    direct = {"REMOTE_ADDR": "203.0.113.7"}
+    assert generate(client, headers={"X-Forwarded-For": "198.51.100.3"}, environ_base=direct).status_code == 200
+    assert generate(client, headers={"X-Forwarded-For": "198.51.100.4"}, environ_base=direct).status_code == 429
+
+
 def test_preflights_are_not_counted(make_app):
     client = make_app(rate_limit="1/minute", cors_origins=("https://ui.example",)).test_client()
     headers = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}

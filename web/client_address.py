@@ -11,7 +11,7 @@ LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 def install_proxy_fix(app: Flask, settings: Settings) -> None:
-    """Trust X-Forwarded-For from exactly one proxy (nginx) when AIG_TRUST_PROXY says so.
+    """Trust X-Forwarded-For from the proxy (nginx: on loopback, or AIG_PROXY_ADDRESSES) when AIG_TRUST_PROXY says so.
 
     Off by default: trusting the header when nothing in front rewrites it lets any caller pick
     the address its rate limit is counted under, while leaving it off behind nginx only lumps
@@ -19,7 +19,19 @@ def install_proxy_fix(app: Flask, settings: Settings) -> None:
     """
     if settings.trust_proxy:
         # Only X-Forwarded-For: the scheme and host are gunicorn's business (forwarded_allow_ips).
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+        direct = app.wsgi_app
+        fixed = ProxyFix(direct, x_for=1, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+        proxies = LOOPBACK | set(settings.proxy_addresses)
+
+        def only_from_the_proxy(environ, start_response):
+            # Behind nginx on another host this instance listens on the network: a caller that reached
+            # it directly must not pick the address its rate limit is counted under.
+            if environ.get("REMOTE_ADDR") in proxies:
+                return fixed(environ, start_response)
+            environ.pop("HTTP_X_FORWARDED_FOR", None)
+            return direct(environ, start_response)
+
+        app.wsgi_app = only_from_the_proxy
 
 
 def direct_remote_addr() -> str:
