@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from generation.errors import KeyExists
+from generation.errors import JobsUnavailable, KeyExists
 from jobs.states import Message, When
 
 SCHEMA = """
@@ -56,11 +56,16 @@ class _Transaction:
         self.connection = connection
 
     def __enter__(self) -> sqlite3.Connection:
-        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:  # locked past the busy time-out, disk full, ...
+            raise JobsUnavailable(f"the job database could not be written: {error}") from error
         return self.connection
 
     def __exit__(self, kind, value, trace) -> None:
         self.connection.execute("ROLLBACK" if kind else "COMMIT")
+        if isinstance(value, sqlite3.OperationalError):
+            raise JobsUnavailable(f"the job database failed: {value}") from value
 
 
 class SqliteJobTable:

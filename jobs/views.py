@@ -9,7 +9,7 @@ from jobs.states import QUEUED
 # Fields of the stored document callers never see: who holds it, where its request is kept, whose it is.
 PRIVATE = frozenset({"owner", "worker", "lease_until", "request_key", "paid", "expires_at", "start_by",
                      "webhook_url", "webhook_state", "webhook_attempts", "created_at", "updated_at", "started_at",
-                     "finished_at"})
+                     "finished_at", "fingerprint"})
 
 
 def public_job(job: dict, store, image_url) -> dict:

@@ -23,6 +23,7 @@ from jobs.request_codec import decode_request
 from jobs.service import JobService, webhook_message
 from jobs.states import FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
 from jobs.views import public_job
+from web.logging_setup import work_id
 
 log = logging.getLogger("ai_image_generator.worker")
 # Failures that paid for nothing: the job goes back to the queue for a later attempt.
@@ -74,6 +75,7 @@ class JobRunner:
             log.error("message is not a job message; left for the dead-letter queue: %.200r", message.body)
             self._back_off(message)
             return
+        token = work_id.set(job_id)  # every log line of this job, in any thread, names it
         try:
             if kind == "webhook":
                 self._retry_webhook(message, job_id, body)
@@ -82,6 +84,8 @@ class JobRunner:
         except Exception as error:  # noqa: BLE001 - one job's failure must not stop the worker
             log.exception("job %s: attempt %d failed", job_id, message.receive_count)
             self._attempt_failed(message, job_id, error)
+        finally:
+            work_id.reset(token)
 
     # -- running a job ------------------------------------------------------------------------------
 

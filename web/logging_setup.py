@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -38,13 +39,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# The id of the work a thread does outside a web request: a job worker sets its job's id here (the
+# pipeline's threads run in a copy of the context, so they carry it too).
+work_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("work_id", default=None)
+
+
 class RequestIdFilter(logging.Filter):
-    """Stamps each record with the id of the request being served, if any."""
+    """Stamps each record with the id of the request (or job) being served, if any."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Add `request_id` from flask.g; always keep the record."""
+        """Add `request_id` from flask.g, else the job's id; always keep the record."""
         if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id") if has_request_context() else None
+            record.request_id = g.get("request_id") if has_request_context() else work_id.get()
         return True
 
 
