@@ -21,7 +21,7 @@ from generation.errors import DeadlineExceeded, ServiceError
 from jobs import webhooks
 from jobs.request_codec import decode_request
 from jobs.service import JobService, webhook_message
-from jobs.states import FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
+from jobs.states import CANCELLED, EXPIRED, FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
 from jobs.views import public_job
 from web.logging_setup import work_id
 
@@ -92,8 +92,11 @@ class JobRunner:
     def _run(self, message: Message, job_id: str) -> None:
         job = self.table.get(job_id)
         if job is None or job["state"] in TERMINAL:
-            # Gone (past retention) or ended: a repeated delivery of a finished job has nothing to do.
+            # Gone (past retention) or ended: a repeated delivery of a finished job has nothing to do,
+            # but a job a caller cancelled, or a GET found expired, still owes its webhook.
             self.queue.delete(message.receipt)
+            if job is not None and job["state"] in (CANCELLED, EXPIRED) and job.get("webhook_state") == "pending":
+                self.notify(job)
             return
         if job["state"] == QUEUED and time.time() > job["start_by"]:
             expired = self.jobs.expire(job_id)

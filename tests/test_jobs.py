@@ -11,6 +11,7 @@ import pytest
 from generation.errors import ModelThrottled
 from jobs.service import run_message
 from jobs.states import When
+from jobs.webhooks import Attempt
 from jobs.worker import JobRunner
 from tests.fakes import FakeModel
 from tests.test_access import cli_add
@@ -277,3 +278,22 @@ def test_the_sqlite_queue_survives_a_new_process_view_of_the_file(stack, tmp_pat
     (message,) = SqliteQueue(database, 5).receive(10, 0, 30)
     assert json.loads(message.body) == {"type": "run", "job_id": job_id}
     assert SqliteJobTable(database).get(job_id)["state"] == "queued"
+
+
+def test_a_cancelled_job_still_sends_its_webhook_once_a_worker_sees_it(stack, monkeypatch):
+    app, client, services, jobs, runner, model = stack(webhook_allow_networks=("203.0.113.0/24",))
+    sent = []
+
+    def deliver(url, body, secret, webhook_id, **options):
+        sent.append((url, json.loads(body), webhook_id))
+        return Attempt(time.time(), 204, None, 1.0)
+
+    monkeypatch.setattr("jobs.worker.webhooks.deliver", deliver)
+    location = client.post("/jobs", json={**BODY, "webhook_url": "http://203.0.113.5/hook"}).headers["Location"]
+    client.delete(location)
+    drain(runner)
+    drain(runner)  # a second look finds it delivered: no second webhook
+    assert [(url, event["type"], webhook_id.split(".")[1]) for url, event, webhook_id in sent] == [
+        ("http://203.0.113.5/hook", "job.cancelled", "cancelled")]
+    assert client.get(location).get_json()["webhook"]["state"] == "delivered"
+    assert model.calls == 0
