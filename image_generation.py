@@ -275,8 +275,13 @@ class Pipeline:
         """`<folder>/<prefix>-<epoch with fraction>.png`, distinct within this process."""
         return f"{request.output_folder}/{request.file_name_prefix}-{self.clock.next()}.png"
 
-    def run(self, request: GenerationRequest, request_id: str) -> GenerationResult:
-        """Make every image of `request`; raise the main cause (carrying the result) when none is stored."""
+    def run(self, request: GenerationRequest, request_id: str,
+            on_stored: Callable[[ImageResult], None] | None = None) -> GenerationResult:
+        """Make every image of `request`; raise the main cause (carrying the result) when none is stored.
+
+        `on_stored(result)` is called (from a pool thread) as each image is stored, e.g. to record a
+        job's progress; it must not raise (what it raises is logged and ignored).
+        """
         deadline = time.monotonic() + self.config.deadline_seconds
         results = [ImageResult(i, seed, request.width, request.height)
                    for i, seed in enumerate(self.plan_seeds(request))]
@@ -284,7 +289,7 @@ class Pipeline:
         # The started record goes in before any paid call: if the store cannot take it, stop here.
         record_key = self.records.begin(request, request_id, asked_model)
         tracker = _Completion(len(results), lambda outcome: self.records.finish(
-            record_key, request_id, asked_model, request, results, outcome))
+            record_key, request_id, asked_model, request, results, outcome), on_stored)
         # Each task runs in a copy of this thread's context, so log lines from the pool's threads
         # still carry the request id.
         futures = [self.executor.submit(contextvars.copy_context().run, self._make_image, request, request_id,
@@ -317,7 +322,7 @@ class Pipeline:
         try:
             self._make_image_unguarded(request, request_id, result, deadline)
         finally:
-            tracker.one_done()
+            tracker.one_done(result)
 
     def _make_image_unguarded(self, request: GenerationRequest, request_id: str, result: ImageResult,
                               deadline: float) -> None:
@@ -446,14 +451,20 @@ def spec_for(profile: ModelProfile | None, request: GenerationRequest, seed: int
 class _Completion:
     """Counts a request's images down; hands the final record to the last one once the caller has gone."""
 
-    def __init__(self, count: int, finish):
+    def __init__(self, count: int, finish, on_stored=None):
         self._lock = threading.Lock()
         self._remaining = count
         self._late = False
         self._finish = finish
+        self._on_stored = on_stored
 
-    def one_done(self) -> None:
+    def one_done(self, result: ImageResult) -> None:
         """Called by each image when it ends, stored or failed."""
+        if result.key and self._on_stored is not None:
+            try:
+                self._on_stored(result)
+            except Exception:  # noqa: BLE001 - progress reporting must not cost the image
+                log.exception("image %d: reporting it stored failed", result.index)
         with self._lock:
             self._remaining -= 1
             write = self._late and self._remaining == 0

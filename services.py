@@ -105,11 +105,16 @@ def build_job_service(settings: Settings, store: ImageStore):
     if settings.jobs == "aws":
         from backends.aws_clients import dynamodb_client, sqs_client
         from backends.aws_jobs import DynamoJobTable, SqsQueue
-        table, queue = DynamoJobTable(dynamodb_client(), settings.dynamodb_table), \
-            SqsQueue(sqs_client(), settings.sqs_queue_url, settings.job_max_receives)
+        # As many connections as threads may call at once (request threads, job slots and their images).
+        pool = settings.model_concurrency
+        table, queue = DynamoJobTable(dynamodb_client(pool), settings.dynamodb_table), \
+            SqsQueue(sqs_client(pool), settings.sqs_queue_url, settings.job_max_receives)
     else:
         from backends.sqlite_jobs import SqliteDatabase, SqliteJobTable, SqliteQueue
         database = SqliteDatabase(settings.job_db)
         table, queue = SqliteJobTable(database), SqliteQueue(database, settings.job_max_receives)
+    # A running job's worker is surely gone once its lease has been over for longer than any request runs.
+    lost_after = settings.request_deadline_seconds + settings.job_visibility_seconds
     return JobService(table, queue, store, queue_seconds=settings.job_queue_seconds,
-                      retention_days=settings.job_retention_days)
+                      retention_days=settings.job_retention_days, lost_after_seconds=lost_after,
+                      webhook_secret=settings.webhook_secret)

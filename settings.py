@@ -166,7 +166,7 @@ class Settings:
     job_max_receives: int = _setting(5, _number("JOB_MAX_RECEIVES", int, 1, 1000),
                                      "Deliveries of one job message before it goes to the dead-letter queue and "
                                      "its job fails; the same number as the queue's redrive `maxReceiveCount`.")
-    job_visibility_seconds: int = _setting(60, _number("JOB_VISIBILITY_SECONDS", int, 2, 43200),
+    job_visibility_seconds: int = _setting(60, _number("JOB_VISIBILITY_SECONDS", int, 2, 3600),
                                            "How long a worker holds a message and a job between heartbeats "
                                            "(renewed every third of it); a dead worker's job is taken over after it.")
     job_queue_seconds: int = _setting(3600, _number("JOB_QUEUE_SECONDS", int, 1, 14 * 86400),
@@ -248,9 +248,17 @@ class Settings:
             from jobs.webhooks import secret_key
 
             try:
+                if not self.webhook_secret.startswith("whsec_"):
+                    # Receivers (and Standard Webhooks' libraries) base64-decode the part after whsec_.
+                    raise ValueError("must be whsec_ and the base64 of 24 to 64 random bytes "
+                                     "(`python -c 'from jobs.webhooks import new_secret; print(new_secret())'`)")
                 secret_key(self.webhook_secret)
             except ValueError as error:
                 raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: {error}") from None
+        if self.job_queue_seconds >= self.job_retention_days * 86400:
+            raise SettingsError(f"{PREFIX}JOB_QUEUE_SECONDS ({self.job_queue_seconds}) must be shorter than "
+                                f"{PREFIX}JOB_RETENTION_DAYS ({self.job_retention_days} days): a job is kept "
+                                "longer than it may wait")
         for address in self.proxy_addresses:
             try:
                 ipaddress.ip_address(address)

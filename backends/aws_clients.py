@@ -101,9 +101,13 @@ def rekognition_client(settings: Settings):
     ))
 
 
-def sqs_client():
-    """SQS client: short time-outs beyond the long poll, botocore's standard retries (sends are cheap to repeat)."""
+def sqs_client(pool: int = 10):
+    """SQS client: short time-outs beyond the long poll, botocore's standard retries (sends are cheap to repeat).
+
+    `pool`: connections kept, one per thread that may call at once (request threads, job slots, beats).
+    """
     return _client("sqs", Config(
+        max_pool_connections=pool,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         # A long poll holds the call for up to 20 s; the read time-out must outlast it.
         read_timeout=READ_TIMEOUT_SECONDS + 20,
@@ -111,9 +115,10 @@ def sqs_client():
     ))
 
 
-def dynamodb_client():
+def dynamodb_client(pool: int = 10):
     """DynamoDB client: short time-outs, standard retries (a repeated conditional write fails its condition)."""
     return _client("dynamodb", Config(
+        max_pool_connections=pool,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
         retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},

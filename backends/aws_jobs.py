@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -44,7 +45,10 @@ class DynamoJobTable:
         except (ClientError, BotoCoreError) as error:
             raise _failed("GetItem", error) from error
         item = answer.get("Item")
-        return None if item is None else self._document(item)
+        job = None if item is None else self._document(item)
+        if job is not None and float(job.get(TTL_ATTRIBUTE) or 0) and job[TTL_ATTRIBUTE] <= time.time():
+            return None  # past its retention: DynamoDB's TTL deletes it within a few days, not at once
+        return job
 
     def update(self, job_id: str, changes: dict, when: tuple[When, ...], append: dict | None = None) -> dict | None:
         """UpdateItem under the OR of `when`; the new item, or None when no condition held."""
@@ -70,6 +74,10 @@ class DynamoJobTable:
                 values[f":w{i}worker"] = {"S": condition.worker}
                 names["#worker"] = "worker"  # DynamoDB refuses a name the expressions do not use
                 parts.append(f"#worker = :w{i}worker")
+            for j, (field, value) in enumerate(condition.equals):
+                names[f"#w{i}e{j}"] = field
+                values[f":w{i}e{j}"] = self._value(value)
+                parts.append(f"#w{i}e{j} = :w{i}e{j}")
             if condition.lease_ended_before is not None:
                 values[f":w{i}lease"] = self._value(condition.lease_ended_before)
                 parts.append(f"(attribute_not_exists(lease_until) OR lease_until < :w{i}lease)")

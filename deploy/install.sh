@@ -147,9 +147,11 @@ run systemctl reload-or-restart nginx.service
 if [ "$WORKERS" -gt 0 ]; then
     run systemctl enable "${WORKER_INSTANCES[@]}"
     # restart (a worker has no reload): new code and settings. Each stops receiving and lets its
-    # running jobs finish (up to TimeoutStopSec, 130 s) before it starts again; the instances stop
-    # side by side.
-    run systemctl restart "${WORKER_INSTANCES[@]}"
+    # running jobs finish (up to TimeoutStopSec, 130 s) before it starts again. One after another,
+    # so the others keep taking jobs meanwhile (`systemctl restart` waits for its unit to stop).
+    for instance in "${WORKER_INSTANCES[@]}"; do
+        run systemctl restart "$instance"
+    done
 fi
 mapfile -t surplus < <(surplus_workers || true)
 if [ "${#surplus[@]}" -gt 0 ]; then

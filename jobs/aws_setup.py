@@ -24,8 +24,9 @@ def create_job_resources(sqs, dynamodb, queue_name: str, table_name: str, *, max
                                                AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     queue_url = sqs.create_queue(QueueName=queue_name, Attributes={
         "VisibilityTimeout": str(visibility_seconds),
-        # A job not started within AIG_JOB_QUEUE_SECONDS expires anyway; its message need not outlive it by much.
-        "MessageRetentionPeriod": str(max(60, min(14 * 86400, queue_seconds + 3600))),
+        # At least SQS's default 4 days (a webhook retry waits in the queue up to a day) and longer than
+        # a job may wait to start; at most SQS's 14 days.
+        "MessageRetentionPeriod": str(min(14 * 86400, max(4 * 86400, queue_seconds + 86400))),
         "ReceiveMessageWaitTimeSeconds": str(RECEIVE_WAIT_SECONDS),
         "SqsManagedSseEnabled": "true",
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives)}),

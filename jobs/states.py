@@ -18,12 +18,15 @@ class When:
     states: tuple[str, ...]
     worker: str | None = None  # the job must be held by this worker
     lease_ended_before: float | None = None  # the job's lease must have ended before this epoch time
+    equals: tuple[tuple[str, object], ...] = ()  # (field, value) pairs the job must have
 
     def holds(self, job: dict) -> bool:
         """Whether `job` (as stored) meets this condition."""
         if job.get("state") not in self.states:
             return False
         if self.worker is not None and job.get("worker") != self.worker:
+            return False
+        if any(job.get(name) != value for name, value in self.equals):
             return False
         return self.lease_ended_before is None or float(job.get("lease_until") or 0) < self.lease_ended_before
 

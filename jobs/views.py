@@ -9,7 +9,7 @@ from jobs.states import QUEUED
 # Fields of the stored document callers never see: who holds it, where its request is kept, whose it is.
 PRIVATE = frozenset({"owner", "worker", "lease_until", "request_key", "paid", "expires_at", "start_by",
                      "webhook_url", "webhook_state", "webhook_attempts", "created_at", "updated_at", "started_at",
-                     "finished_at", "fingerprint"})
+                     "finished_at", "fingerprint", "last_error", "unqueued"})
 
 
 def public_job(job: dict, store, image_url) -> dict:
@@ -25,6 +25,9 @@ def public_job(job: dict, store, image_url) -> dict:
         view["webhook"] = {"url": job["webhook_url"], "state": job.get("webhook_state", "pending"),
                            "attempts": [{**attempt, "at": _iso(attempt["at"])}
                                         for attempt in job.get("webhook_attempts") or []]}
+    if job.get("stored_images"):
+        # The images stored so far, as they land (a running job's progress), each with a fresh URL.
+        view["stored_images"] = [{**image, **store.address(image["key"], image_url)} for image in job["stored_images"]]
     manifest = job.get("manifest")
     if manifest:
         view["manifest"] = with_fresh_addresses(manifest, store, image_url)

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from generation.errors import DeadlineExceeded, ServiceError
 from jobs import webhooks
 from jobs.request_codec import decode_request
-from jobs.service import JobService, webhook_message
-from jobs.states import CANCELLED, EXPIRED, FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
+from jobs.service import JobService, lost_changes, webhook_message
+from jobs.states import FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
 from jobs.views import public_job
 from web.logging_setup import work_id
 
@@ -31,6 +31,10 @@ UNPAID_CODES = frozenset({"model_throttled", "model_busy"})
 # How long a queue receive waits for a message: long enough to be cheap, short enough to stop promptly.
 POLL_SECONDS = 10
 PURGE_EVERY_SECONDS = 3600
+# SQS refuses to hide a message for more than 12 hours from when it was received; a little less.
+MAX_HIDE_SECONDS = 43000
+# Heartbeats renew this many held jobs at once, so one slow call does not starve the others' leases.
+HEARTBEAT_THREADS = 8
 
 
 class PoisonJob(Exception):
@@ -38,7 +42,7 @@ class PoisonJob(Exception):
 
 
 class JobRunner:
-    """Handles one delivered message: a job to run or a webhook to retry."""
+    """Handles one delivered message: a job to run or a webhook to send."""
 
     def __init__(self, jobs: JobService, pipeline, *, worker_id: str, visibility_seconds: int,
                  webhook_secret: str, webhook_networks=(), webhook_retries=(), webhook_timeout: float = 10.0,
@@ -56,6 +60,7 @@ class JobRunner:
         # receipt -> job id of the jobs this worker holds, for the heartbeat
         self.held: dict[str, str] = {}
         self._held_lock = threading.Lock()
+        self._beats = ThreadPoolExecutor(HEARTBEAT_THREADS, thread_name_prefix="heartbeat")
 
     @property
     def table(self):
@@ -78,12 +83,15 @@ class JobRunner:
         token = work_id.set(job_id)  # every log line of this job, in any thread, names it
         try:
             if kind == "webhook":
-                self._retry_webhook(message, job_id, body)
+                self._send_webhook(message, job_id, int(body["attempt"]), float(body.get("not_before", 0)))
             else:
                 self._run(message, job_id)
         except Exception as error:  # noqa: BLE001 - one job's failure must not stop the worker
-            log.exception("job %s: attempt %d failed", job_id, message.receive_count)
-            self._attempt_failed(message, job_id, error)
+            log.exception("job %s: %s message, delivery %d, failed", job_id, kind, message.receive_count)
+            if kind == "webhook":
+                self._back_off(message)  # the job's own state is not this message's business
+            else:
+                self._attempt_failed(message, job_id, error)
         finally:
             work_id.reset(token)
 
@@ -92,49 +100,48 @@ class JobRunner:
     def _run(self, message: Message, job_id: str) -> None:
         job = self.table.get(job_id)
         if job is None or job["state"] in TERMINAL:
-            # Gone (past retention) or ended: a repeated delivery of a finished job has nothing to do,
-            # but a job a caller cancelled, or a GET found expired, still owes its webhook.
+            # Gone (past retention) or ended: a repeated delivery has nothing to run, but an ended job
+            # whose webhook was never queued (its worker stopped just then) gets it queued now.
+            if job is not None:
+                self.jobs.queue_webhook(job)
             self.queue.delete(message.receipt)
-            if job is not None and job["state"] in (CANCELLED, EXPIRED) and job.get("webhook_state") == "pending":
-                self.notify(job)
             return
         if job["state"] == QUEUED and time.time() > job["start_by"]:
-            expired = self.jobs.expire(job_id)
+            self.jobs.expire(job_id)
             self.queue.delete(message.receipt)
-            if expired is not None:
-                self.notify(expired)
             return
         now = time.time()
         # Claimed conditionally: a second delivery of the message, to this worker or another, finds the
-        # job running under a live lease and does nothing, so no image is paid for twice.
+        # job running under a live lease and does nothing. A job whose worker called the model is taken
+        # only once that worker is surely gone (its deadline too has passed), and then only to end it.
         claimed = self.table.update(job_id, {
             "state": RUNNING, "worker": self.worker_id, "lease_until": now + self.visibility_seconds,
             "updated_at": now, "started_at": job.get("started_at") or now, "attempts": int(job["attempts"]) + 1},
-            (When((QUEUED,)), When((RUNNING,), lease_ended_before=now)))
+            (When((QUEUED,)), When((RUNNING,), lease_ended_before=now, equals=(("paid", False),)),
+             When((RUNNING,), lease_ended_before=now - self.jobs.lost_after_seconds)))
         if claimed is None:
             current = self.table.get(job_id)
             if current is None or current["state"] in TERMINAL:
                 self.queue.delete(message.receipt)
             else:
-                # Another worker holds it: look again once its lease would have run out.
-                wait = float(current.get("lease_until") or now) - now
-                self.queue.set_visibility(message.receipt, max(1, int(wait) + 1))
+                # Another worker holds it: look again once its lease (and, if it paid, its grace) has run out.
+                lease_end = float(current.get("lease_until") or now)
+                if current.get("paid"):
+                    lease_end += self.jobs.lost_after_seconds
+                self.queue.set_visibility(message.receipt, int(min(MAX_HIDE_SECONDS, max(1, lease_end - now + 1))))
             return
-        if job.get("paid"):
-            # An earlier attempt called the model and never finished (its worker died): again would pay twice.
-            self._finish(message, job_id, FAILED, error={
-                "code": "worker_lost", "status": 500,
-                "detail": "an earlier attempt at this job stopped after its images were asked of the model; "
-                          "it is not run again, so nothing is paid for twice; images it stored are listed in "
-                          "the request record",
-                "record": f"{job['output_folder']}/.requests/{job_id}.json"})
+        if claimed.get("paid"):
+            # An earlier attempt called the model and its worker is gone: running it again would pay twice.
+            self._finish(message, job_id, **_split(lost_changes(claimed, time.time())))
             return
         with self._holding(message, job_id):
             if self.stopping.is_set():
                 self._release(message, job_id, delay=0)
                 return
             request = self._load_request(claimed)
-            if self.table.update(job_id, {"paid": True}, (When((RUNNING,), worker=self.worker_id),)) is None:
+            paid = self.table.update(job_id, {"paid": True},
+                                     (When((RUNNING,), worker=self.worker_id, equals=(("paid", False),)),))
+            if paid is None:
                 log.warning("job %s: lost its claim before starting; left to its new holder", job_id)
                 return
             self._run_pipeline(message, claimed, request)
@@ -151,7 +158,7 @@ class JobRunner:
     def _run_pipeline(self, message: Message, job: dict, request) -> None:
         job_id = job["job_id"]
         try:
-            result = self.pipeline.run(request, job_id)
+            result = self.pipeline.run(request, job_id, on_stored=lambda image: self._stored(job_id, image))
         except DeadlineExceeded as error:
             state = PARTIAL if error.extra.get("images") else FAILED
             self._finish(message, job_id, state, error=_error_json(error))
@@ -172,46 +179,68 @@ class JobRunner:
         manifest = render_manifest(result, self.jobs.store, lambda key: "")
         self._finish(message, job_id, SUCCEEDED if not result.failed else PARTIAL, manifest=manifest)
 
+    def _stored(self, job_id: str, image) -> None:
+        """Record one stored image in the job as it lands: callers see progress, and a lost worker's images."""
+        from web.manifest import moderation_json
+
+        entry = {"key": image.key, "seed": image.seed, "width": image.width, "height": image.height,
+                 "model_id": image.model_id, "moderation": moderation_json(image.moderation)}
+        self.table.update(job_id, {"updated_at": time.time()}, (When((RUNNING,), worker=self.worker_id),),
+                          append={"stored_images": [entry]})
+
     def _finish(self, message: Message, job_id: str, state: str, *, manifest: dict | None = None,
-                error: dict | None = None) -> None:
+                error: dict | None = None, **changes) -> None:
         now = time.time()
-        changes = {"state": state, "updated_at": now, "finished_at": now, "lease_until": 0}
+        changes.update({"state": state, "updated_at": now, "finished_at": now, "lease_until": 0})
         if manifest is not None:
             changes["manifest"] = manifest
         if error is not None:
             changes["error"] = error
         done = self.table.update(job_id, changes, (When((RUNNING,), worker=self.worker_id),))
-        self.queue.delete(message.receipt)
         if done is None:
             log.error("job %s: ended %s but another worker holds it now; its state was not changed", job_id, state)
-            return
-        log.info("job %s: %s", job_id, state)
-        self.notify(done)
+        else:
+            log.info("job %s: %s", job_id, state)
+            # Queued before the run message goes: a worker stopping here leaves the run message, whose
+            # next delivery queues the webhook (see _run), so a webhook is never lost.
+            self.jobs.queue_webhook(done)
+        self.queue.delete(message.receipt)
 
     def _release(self, message: Message, job_id: str, delay: int) -> None:
-        """Give a claimed job back to the queue, to be claimed again after `delay` seconds."""
+        """Give a claimed, unpaid job back to the queue, to be claimed again after `delay` seconds."""
         self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0, "updated_at": time.time()},
-                          (When((RUNNING,), worker=self.worker_id),))
+                          (When((RUNNING,), worker=self.worker_id, equals=(("paid", False),)),))
         self.queue.set_visibility(message.receipt, delay)
 
     def _attempt_failed(self, message: Message, job_id: str, error: Exception) -> None:
-        """An attempt broke: back off, or on the last delivery fail the job and let the message go dead."""
-        reason = str(error) if isinstance(error, (PoisonJob, ServiceError)) else f"{type(error).__name__}: {error}"
+        """An attempt broke: back off, or on the last delivery (or once paid) fail the job; never pay twice."""
+        if isinstance(error, (PoisonJob, ServiceError)):
+            reason = str(error)
+        else:
+            # The exception's text may hold paths or ARNs: the log has it, the caller gets its kind.
+            reason = f"an unexpected {type(error).__name__} (the worker's log has the details)"
         try:
-            if message.receive_count >= self.queue.max_receives:
+            job = self.table.get(job_id)
+            paid = bool(job and job.get("paid") and job.get("worker") == self.worker_id)
+            if message.receive_count >= self.queue.max_receives or paid:
                 now = time.time()
+                detail = (f"the job failed after its images were asked of the model, so it is not tried again: "
+                          f"{reason}" if paid else
+                          f"the job failed on each of its {message.receive_count} deliveries and its message went "
+                          f"to the dead-letter queue; last failure: {reason}")
                 failed = self.table.update(job_id, {
-                    "state": FAILED, "updated_at": now, "finished_at": now, "lease_until": 0, "error": {
-                        "code": "job_failed", "status": 500,
-                        "detail": f"the job failed on each of its {message.receive_count} deliveries and its "
-                                  f"message went to the dead-letter queue; last failure: {reason}"}},
+                    "state": FAILED, "updated_at": now, "finished_at": now, "lease_until": 0,
+                    "error": {"code": "job_failed", "status": 500, "detail": detail}},
                     (When((QUEUED,)), When((RUNNING,), worker=self.worker_id)))
                 if failed is not None:
-                    self.notify(failed)
+                    self.jobs.queue_webhook(failed)
+                if paid:
+                    self.queue.delete(message.receipt)
+                    return
             else:
                 self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0,
                                            "last_error": {"code": "attempt_failed", "detail": reason}},
-                                  (When((RUNNING,), worker=self.worker_id),))
+                                  (When((RUNNING,), worker=self.worker_id, equals=(("paid", False),)),))
         except Exception:  # noqa: BLE001 - the table itself may be what failed
             log.exception("job %s: could not record the failed attempt", job_id)
         self._back_off(message)
@@ -242,55 +271,76 @@ class JobRunner:
                 self.held.pop(message.receipt, None)
 
     def heartbeat(self) -> None:
-        """Renew every held job's lease and its message's invisibility (called every third of it)."""
+        """Renew every held job's lease and its message's invisibility, side by side (every third of it)."""
         with self._held_lock:
             held = list(self.held.items())
-        for receipt, job_id in held:
+        for future in [self._beats.submit(self._renew, receipt, job_id) for receipt, job_id in held]:
+            future.result()
+
+    def _renew(self, receipt: str, job_id: str) -> None:
+        if receipt not in self.held:
+            return  # it finished (and deleted its message) since the beat began
+        token = work_id.set(job_id)
+        try:
             try:
                 self.queue.set_visibility(receipt, self.visibility_seconds)
-                self.table.update(job_id, {"lease_until": time.time() + self.visibility_seconds},
-                                  (When((RUNNING,), worker=self.worker_id),))
-            except Exception:  # noqa: BLE001 - the next beat tries again; the lease is longer than a beat
-                log.exception("job %s: heartbeat failed", job_id)
+            except ServiceError:
+                if receipt not in self.held:
+                    return  # it finished meanwhile: its receipt is gone with its message
+                raise
+            renewed = self.table.update(job_id, {"lease_until": time.time() + self.visibility_seconds},
+                                        (When((RUNNING,), worker=self.worker_id),))
+            if renewed is None:
+                log.error("job %s: its lease was lost (heartbeats late?); it finishes, but another worker may "
+                          "have ended it", job_id)
+        except Exception:  # noqa: BLE001 - the next beat tries again; the lease is longer than a beat
+            log.exception("job %s: heartbeat failed", job_id)
+        finally:
+            work_id.reset(token)
 
     # -- webhooks -----------------------------------------------------------------------------------
 
-    def notify(self, job: dict, attempt: int = 1) -> None:
-        """Send the job's webhook (attempt `attempt`); on failure queue the next try, if any is left."""
-        url = job.get("webhook_url")
-        if not url:
+    def _send_webhook(self, message: Message, job_id: str, attempt: int, not_before: float) -> None:
+        """Send attempt `attempt` of an ended job's webhook (at least once), record it, queue the next if due."""
+        remaining = not_before - time.time()
+        if remaining > 1:
+            # A queue delays a message at most 15 minutes (SQS); a longer wait is served in steps.
+            self.queue.set_visibility(message.receipt, int(min(remaining, MAX_HIDE_SECONDS)))
+            return
+        job = self.table.get(job_id)
+        done = job is None or job["state"] not in TERMINAL or not job.get("webhook_url") \
+            or any(a.get("n") == attempt for a in job.get("webhook_attempts") or [])
+        if done:
+            self.queue.delete(message.receipt)  # gone, or this attempt was already made and recorded
             return
         view = public_job(job, self.jobs.store, self.image_url)
         payload = json.dumps({"type": f"job.{job['state']}", "timestamp": view.get("finished_at"),
                               "data": view}, ensure_ascii=False).encode()
         secret = webhooks.secret_for_owner(self.webhook_secret, job.get("owner") or "")
-        outcome = webhooks.deliver(url, payload, secret, f"{job['job_id']}.{job['state']}",
+        outcome = webhooks.deliver(job["webhook_url"], payload, secret, f"{job_id}.{job['state']}",
                                    allowed_networks=self.webhook_networks, timeout=self.webhook_timeout)
-        retries_left = len(self.webhook_retries) - (attempt - 1)
         if outcome.delivered():
             state = "delivered"
-        elif retries_left > 0:
+        elif attempt <= len(self.webhook_retries):
             state = "retrying"
             wait = self.webhook_retries[attempt - 1]
-            self.queue.send(webhook_message(job["job_id"], attempt + 1, time.time() + wait),
-                            delay_seconds=min(900, wait))
+            # The next try is queued before this one is recorded: a stop in between repeats this
+            # attempt (at least once) rather than losing the rest.
+            self.queue.send(webhook_message(job_id, attempt + 1, time.time() + wait), delay_seconds=min(900, wait))
         else:
             state = "failed"
-        self.table.update(job["job_id"], {"webhook_state": state}, (When(tuple(TERMINAL)),),
-                          append={"webhook_attempts": [outcome.as_json()]})
-        log.info("job %s: webhook attempt %d %s", job["job_id"], attempt, state)
-
-    def _retry_webhook(self, message: Message, job_id: str, body: dict) -> None:
-        remaining = float(body.get("not_before", 0)) - time.time()
-        if remaining > 1:
-            # SQS delays at most 15 minutes; a longer wait is served in steps.
-            self.queue.set_visibility(message.receipt, int(min(remaining, 43200)))
-            return
-        job = self.table.get(job_id)
-        if job is not None and job["state"] in TERMINAL and job.get("webhook_state") == "retrying" \
-                and len(job.get("webhook_attempts") or []) == int(body["attempt"]) - 1:
-            self.notify(job, int(body["attempt"]))
+        self.table.update(job_id, {"webhook_state": state}, (When(tuple(TERMINAL)),),
+                          append={"webhook_attempts": [{**outcome.as_json(), "n": attempt}]})
         self.queue.delete(message.receipt)
+        log.info("job %s: webhook attempt %d %s", job_id, attempt, state)
+
+
+def _split(changes: dict) -> dict:
+    """lost_changes() as _finish's arguments."""
+    changes = dict(changes)
+    for name in ("updated_at", "finished_at", "lease_until"):
+        changes.pop(name)
+    return changes
 
 
 def _error_json(error: ServiceError) -> dict:
@@ -340,7 +390,10 @@ class Worker:
                     pool.submit(self._handle, message)
                 if self.purge is not None and time.monotonic() - purged_at > PURGE_EVERY_SECONDS:
                     purged_at = time.monotonic()
-                    self.purge()
+                    try:
+                        self.purge()
+                    except Exception:  # noqa: BLE001 - a busy database is no reason to stop working
+                        log.exception("could not purge expired jobs; tried again in an hour")
             log.info("stopping: waiting for running jobs to finish")
         log.info("stopped")
 
@@ -375,10 +428,18 @@ def main() -> None:
     configure_logging(settings.log_level)
     services = build_services(settings)
     jobs = build_job_service(settings, services.store)
+    redrive = getattr(jobs.queue, "redrive_max_receives", None)
+    queue_max = redrive() if redrive else None
+    if queue_max is not None and queue_max != jobs.queue.max_receives:
+        # The worker must know the last delivery before the queue moves the message aside, or a poison
+        # job would stay `running`; the queue's own count is the one that acts.
+        log.warning("the queue's redrive maxReceiveCount is %d but AIG_JOB_MAX_RECEIVES is %d; using %d",
+                    queue_max, jobs.queue.max_receives, queue_max)
+        jobs.queue.max_receives = queue_max
     public_base = settings.public_base_url.rstrip("/")
     runner = JobRunner(jobs, services.pipeline, worker_id=worker_id(),
                        visibility_seconds=settings.job_visibility_seconds,
-                       webhook_secret=jobs.webhook_master_secret(settings.webhook_secret),
+                       webhook_secret=jobs.master_secret(),
                        webhook_networks=settings.webhook_networks, webhook_retries=settings.webhook_retries,
                        webhook_timeout=settings.webhook_timeout_seconds,
                        image_url=lambda key: services.signer.url(public_base, key))

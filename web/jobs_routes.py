@@ -111,7 +111,7 @@ def webhook_secret():
     if not settings.api_keys_file:
         return problem(403, "Forbidden", "with API keys off the webhook secret is the operator's: "
                        "AIG_WEBHOOK_SECRET, or `flask --app wsgi jobs webhook-secret`", "webhook_secret_private")
-    master = job_service().webhook_master_secret(settings.webhook_secret)
+    master = job_service().master_secret()
     response = json_response({"secret": secret_for_owner(master, _owner()),
                               "signature": "Standard Webhooks v1: HMAC-SHA256 over `<webhook-id>.<webhook-"
                                            "timestamp>.<body>`, base64, in the webhook-signature header"})

@@ -166,8 +166,9 @@ JOB = {
         "error": {"type": "object", "properties": {"code": {"type": "string"}, "detail": {"type": "string"},
                                                     "status": {"type": "integer"}}},
         "webhook": {"type": "object", "properties": {
-            "url": {"type": "string"}, "state": {"enum": ["pending", "retrying", "delivered", "failed"]},
+            "url": {"type": "string"}, "state": {"enum": ["pending", "queued", "retrying", "delivered", "failed"]},
             "attempts": {"type": "array", "items": {"type": "object"}}}},
+        "stored_images": {"type": "array", "items": {"type": "object"}},
         "links": {"type": "object"},
     },
 }
