@@ -1,4 +1,4 @@
-"""Several web instances behind one nginx: real gunicorns and nginx, jobs on moto's SQS/DynamoDB/S3, real workers.
+"""Several web instances behind one nginx: real gunicorns, nginx and Redis, jobs on moto's SQS/DynamoDB/S3, workers.
 
 One instance is SIGKILLed mid-load; callers retry with their Idempotency-Key, and nothing is lost or paid twice.
 """
@@ -21,6 +21,7 @@ from jobs.aws_setup import create_job_resources
 from tests.jobs_stack import start_worker
 from tests.live_stack import AWS_DUMMY, start_moto, start_standin
 from tests.servers import NGINX_SITE, free_port, require_tool, start_gunicorn, start_nginx, stop
+from tests.test_rate_limits_redis import redis_url  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.live
 
@@ -30,8 +31,11 @@ BODY = {"prompt": "a kite over dunes", "output_folder": "kites", "file_name_pref
 
 
 @pytest.fixture
-def hosts(tmp_path):
-    """Stand-in, moto, three AWS-mode gunicorns sharing one queue/table/bucket, nginx in front, two workers."""
+def hosts(request, tmp_path, redis_url):  # noqa: F811 - the imported fixture
+    """Stand-in, moto, Redis, three AWS-mode gunicorns sharing one queue/table/bucket, nginx in front, two workers.
+
+    A test may pass more AIG_* settings for the instances (indirect parametrization).
+    """
     require_tool("nginx")
     processes = []
     try:
@@ -52,7 +56,8 @@ def hosts(tmp_path):
                "AIG_MODEL": "bedrock", "AIG_STORE": "s3", "AIG_MODERATION": "rekognition", "AIG_S3_BUCKET": bucket,
                "AIG_JOBS": "aws", "AIG_SQS_QUEUE_URL": made["queue_url"], "AIG_DYNAMODB_TABLE": made["table"],
                "AIG_JOB_VISIBILITY_SECONDS": "10", "AIG_BEDROCK_LIFECYCLE_CHECK_SECONDS": "0",
-               "AIG_TRUST_PROXY": "1", "AIG_WORKERS": "2", "AIG_THREADS": "16"}
+               "AIG_TRUST_PROXY": "1", "AIG_WORKERS": "2", "AIG_THREADS": "16", "AIG_REDIS_URL": redis_url,
+               **getattr(request, "param", {})}
         ports = [free_port() for _ in range(INSTANCES)]
         webs = []
         for i, port in enumerate(ports):
@@ -87,13 +92,18 @@ def stats(standin_url: str) -> dict:
     return requests.get(standin_url + "/_standin/stats", timeout=5).json()
 
 
-def test_synchronous_requests_are_spread_over_the_instances(hosts):
+@pytest.mark.parametrize("hosts", [{"AIG_RATE_LIMIT": "20/minute"}], indirect=True)
+def test_requests_are_spread_over_the_instances_which_share_one_rate_limit(hosts):
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda _: requests.post(hosts["base"] + "/generate_images", json=BODY, timeout=60),
                                 range(12)))
     assert [a.status_code for a in answers] == [200] * 12
     counts = served_by_each(hosts["logs"])
     assert sum(counts) == 12 and sum(1 for c in counts if c) >= 2, counts
+    # The limit is counted in Redis, not per instance: 20 a minute in all, whichever instance is asked.
+    more = [requests.post(hosts["base"] + "/jobs", json=BODY, timeout=30).status_code for _ in range(12)]
+    assert sorted(more) == [202] * 8 + [429] * 4, (more, served_by_each(hosts["logs"]))
+    assert sum(1 for c in served_by_each(hosts["logs"]) if c) == INSTANCES
 
 
 def test_a_web_instance_killed_mid_load_loses_no_job_and_pays_for_none_twice(hosts):

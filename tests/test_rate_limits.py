@@ -96,3 +96,13 @@ def test_an_unreachable_redis_falls_back_to_this_process(make_app):
     client = make_app(rate_limit="1/minute", redis_url=f"redis://127.0.0.1:{free_port()}/0").test_client()
     assert generate(client).status_code == 200
     assert generate(client).status_code == 429
+
+
+def test_the_paid_routes_spend_one_budget_together(make_app):
+    client = make_app(rate_limit="3/minute").test_client()
+    assert generate(client).status_code == 200
+    assert client.post("/jobs", json=BODY).status_code == 202
+    assert client.post("/edit_images", json={"task": "nope"}).status_code == 400  # a checked 400 is counted too
+    assert client.post("/jobs", json=BODY).status_code == 429
+    assert generate(client).status_code == 429
+    assert client.get("/models").status_code == 200  # free routes are not limited

@@ -35,7 +35,9 @@ def install_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     limiter = Limiter(
         key_func=limit_key,
         app=app,
-        default_limits=[Limit(limit_provider=settings.rate_limit, key_function=limit_key, exempt_when=_exempt)],
+        # shared with one scope: every paid route spends one budget (else each route would count apart).
+        default_limits=[Limit(limit_provider=settings.rate_limit, key_function=limit_key, exempt_when=_exempt,
+                              shared=True, scope="paid")],
         storage_uri=settings.redis_url or "memory://",
         storage_options=options,
         # Exact over the last window, unlike a fixed window that lets twice the limit through at its edge.
@@ -46,7 +48,7 @@ def install_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     )
     app.register_error_handler(RateLimitExceeded, lambda error: _too_many(limiter, error))
     where = "Redis" if settings.redis_url else "this process's memory"
-    log.info("rate limit %s on /generate_images per %s, counted in %s", settings.rate_limit,
+    log.info("rate limit %s on the paid routes together per %s, counted in %s", settings.rate_limit,
              "API key" if settings.api_keys_file else "client address", where)
     return limiter
 
