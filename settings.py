@@ -191,7 +191,8 @@ class Settings:
     api_keys_file: str = _setting("", _text,
                                   "JSON file of hashed API keys (`flask --app wsgi keys ...`); empty: no keys asked.")
     rate_limit: str = _setting("", _rate_limit,
-                               "Limit of POST /generate_images and /edit_images (together) per API key "
+                               "Limit of the paid routes (POST /generate_images, /edit_images, /jobs and "
+                               "/v1/images/*, together) per API key "
                                "(per client address when keys are off), "
                                "e.g. `30/minute`; empty: none.")
     redis_url: str = _setting("", _text,
