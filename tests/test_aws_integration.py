@@ -318,4 +318,5 @@ def test_one_tagged_record_per_request_and_a_lifecycle_rule_that_expires_it(aws_
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=rules)
     by_tag = {r["Filter"]["Tag"]["Value"]: r["Expiration"]["Days"]
               for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
-    assert by_tag == {"request-record": made.settings.record_retention_days, "idempotency": 2}
+    assert by_tag == {"request-record": made.settings.record_retention_days, "idempotency": 2,
+                      "job-request": made.settings.job_retention_days}

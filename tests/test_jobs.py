@@ -340,3 +340,35 @@ def test_a_cancelled_job_still_sends_its_webhook_once_a_worker_sees_it(stack, mo
         ("http://203.0.113.5/hook", "job.cancelled", "cancelled")]
     assert client.get(location).get_json()["webhook"]["state"] == "delivered"
     assert model.calls == 0
+
+
+def test_a_webhook_retry_due_later_than_a_queue_can_delay_waits_in_steps(stack):
+    app, client, services, jobs, runner, model = stack()
+    job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
+    drain(runner)
+    # A retry due in two hours: SQS delays a message 15 minutes at most, so it comes back and is hidden again.
+    jobs.queue.send(json.dumps({"type": "webhook", "job_id": job_id, "attempt": 2,
+                                "not_before": time.time() + 7200}))
+    assert drain(runner) == 1
+    (visible_at,) = jobs.queue.database.connection().execute("SELECT visible_at FROM messages").fetchone()
+    assert 7100 < visible_at - time.time() <= 7200
+    assert drain(runner) == 0  # hidden meanwhile
+
+
+def test_a_stopped_worker_lets_its_running_job_finish(stack):
+    model = FakeModel(latency=0.5)
+    app, client, services, jobs, runner, model = stack(model=model)
+    from jobs.worker import Worker
+
+    location = client.post("/jobs", json={**BODY, "count": 1}).headers["Location"]
+    worker = Worker(runner, 2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    give_up = time.monotonic() + 10
+    while client.get(location).get_json()["state"] != "running":
+        assert time.monotonic() < give_up, "the job never started"
+        time.sleep(0.01)
+    runner.stopping.set()  # what SIGTERM does
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert client.get(location).get_json()["state"] == "succeeded" and model.calls == 1

@@ -97,7 +97,9 @@ def test_fifty_jobs_all_succeed_with_their_images_stored(jobs_world, standin, s3
 
 
 def test_a_worker_killed_mid_job_loses_no_job_and_pays_for_no_image_twice(jobs_world, standin):
-    made, resources, table, worker = jobs_world()
+    # A short deadline, so a paid job of the killed worker is ended soon after its lease (lease + deadline).
+    made, resources, table, worker = jobs_world(AIG_REQUEST_DEADLINE_SECONDS="8",
+                                                AIG_BEDROCK_READ_TIMEOUT_SECONDS="6")
     standin.configure(latency=2.0)
     doomed = worker(AIG_WORKER_JOBS="4")
     job_ids = [submit(made.client) for _ in range(12)]
@@ -179,3 +181,16 @@ def test_a_webhook_to_a_private_address_is_refused_at_submit_and_at_delivery(job
         assert receiver.requests == []
     finally:
         receiver.close()
+
+
+def test_sigterm_lets_a_worker_finish_its_running_job_and_exit(jobs_world, standin):
+    made, resources, table, worker = jobs_world()
+    standin.configure(latency=2.0)
+    process = worker()
+    job_id = submit(made.client)
+    wait_for_jobs(table, [job_id], timeout=30, done=lambda job: job.get("paid") is True)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    (job,) = wait_for_jobs(table, [job_id], timeout=5).values()
+    assert job["state"] == "succeeded" and standin.stats()["invoke_calls"] == 1
+    assert queue_depth(resources["queue_url"]) == 0
