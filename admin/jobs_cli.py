@@ -33,5 +33,4 @@ def webhook_secret_command() -> None:
     """Print the webhook secret (with API keys on, each key's own is at GET /webhooks/secret)."""
     from web.jobs_routes import job_service
 
-    settings = current_app.extensions["aig"]["settings"]
-    click.echo(job_service().webhook_master_secret(settings.webhook_secret))
+    click.echo(job_service().master_secret())

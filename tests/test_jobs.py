@@ -372,3 +372,14 @@ def test_a_stopped_worker_lets_its_running_job_finish(stack):
     thread.join(timeout=20)
     assert not thread.is_alive()
     assert client.get(location).get_json()["state"] == "succeeded" and model.calls == 1
+
+
+def test_the_webhook_secret_command_prints_the_secret_the_service_signs_with(stack):
+    app, client, services, jobs, runner, model = stack()
+    result = app.test_cli_runner().invoke(args=["jobs", "webhook-secret"])
+    assert result.exit_code == 0, result.output
+    (secret,) = [line for line in result.stdout.splitlines() if line and not line.startswith("{")]
+    assert secret.startswith("whsec_") and secret == jobs.master_secret()
+    configured, *_ = stack(webhook_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY")
+    again = configured.test_cli_runner().invoke(args=["jobs", "webhook-secret"])
+    assert "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY" in again.stdout
