@@ -78,8 +78,8 @@ bind = _checked_bind(os.environ.get("AIG_BIND", "127.0.0.1:8080"))
 # latency, 20 closed-loop clients at 1 s): gevent saved ~10 % CPU per image and ~40 % memory
 # against gthread 2 x 64, but the targets were met by the code (the processing gate, cheaper
 # screening bodies), and gevent let one worker accept more requests than its model pool could
-# serve (a 43 s request). gthread keeps each worker's intake bounded by its threads, and needs
-# no monkey patching under boto3. 1 x 128, 3 x 48 and 4 x 32 were no faster and used more memory.
+# serve (a 43 s request). gthread's intake is bounded by its threads once worker_connections
+# says so (below), and it needs no monkey patching under boto3. 1 x 128, 3 x 48 and 4 x 32 were no faster and used more memory.
 worker_class = "gthread"
 
 # 2 = one process per core of the target host (2 vCPU); the CPU work per request (PNG
@@ -100,9 +100,15 @@ timeout = 30
 # SIGTERM / SIGHUP lets every in-flight paid generation finish before a worker exits.
 graceful_timeout = 100
 
-# 5 s: nginx talks HTTP/1.0 to us without upstream keep-alive, so this only matters to
-# direct loopback callers (health checks, tests); a short idle hold frees threads fast.
-keepalive = 5
+# A gthread worker accepts connections while it holds fewer than worker_connections (1000 by
+# default), not while it has a free thread: in a burst one worker could take most of the requests
+# and leave them queued for its threads while the other worker idles (measured: 91 of 100). Capped
+# at its threads, a worker leaves the rest in the listen queue for a worker with a free thread.
+worker_connections = threads
+
+# 0: no keep-alive. nginx talks HTTP/1.0 to us without upstream keep-alive anyway, and with
+# worker_connections = threads an idle kept-alive connection would hold a request's place.
+keepalive = 0
 
 # The app builds its AWS clients per worker process, after fork (boto3 clients and
 # their connection pools must not cross a fork), so the app is imported in each worker.
