@@ -291,9 +291,11 @@ class JobRunner:
                 raise
             renewed = self.table.update(job_id, {"lease_until": time.time() + self.visibility_seconds},
                                         (When((RUNNING,), worker=self.worker_id),))
-            if renewed is None:
-                log.error("job %s: its lease was lost (heartbeats late?); it finishes, but another worker may "
-                          "have ended it", job_id)
+            if renewed is None and receipt in self.held:
+                current = self.table.get(job_id) or {}
+                if current.get("state") not in TERMINAL:  # else it just ended, by this worker
+                    log.error("job %s: its lease was lost (heartbeats late?); it finishes, but another worker "
+                              "may have ended it", job_id)
         except Exception:  # noqa: BLE001 - the next beat tries again; the lease is longer than a beat
             log.exception("job %s: heartbeat failed", job_id)
         finally:
