@@ -77,7 +77,11 @@ class DynamoJobTable:
             for j, (field, value) in enumerate(condition.equals):
                 names[f"#w{i}e{j}"] = field
                 values[f":w{i}e{j}"] = self._value(value)
-                parts.append(f"#w{i}e{j} = :w{i}e{j}")
+                if value is False:
+                    # A missing attribute counts as False (an item written before the attribute existed).
+                    parts.append(f"(attribute_not_exists(#w{i}e{j}) OR #w{i}e{j} = :w{i}e{j})")
+                else:
+                    parts.append(f"#w{i}e{j} = :w{i}e{j}")
             if condition.lease_ended_before is not None:
                 values[f":w{i}lease"] = self._value(condition.lease_ended_before)
                 parts.append(f"(attribute_not_exists(lease_until) OR lease_until < :w{i}lease)")

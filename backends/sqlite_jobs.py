@@ -72,7 +72,11 @@ class _Transaction:
                 return
             except sqlite3.OperationalError as error:
                 value = error  # not committed: roll back below, so this connection does not keep the lock
-        self.connection.execute("ROLLBACK")
+        if self.connection.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O error)
+            try:
+                self.connection.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass
         if isinstance(value, sqlite3.OperationalError):
             raise JobsUnavailable(f"the job database failed: {value}") from value
 

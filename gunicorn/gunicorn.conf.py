@@ -79,7 +79,8 @@ bind = _checked_bind(os.environ.get("AIG_BIND", "127.0.0.1:8080"))
 # against gthread 2 x 64, but the targets were met by the code (the processing gate, cheaper
 # screening bodies), and gevent let one worker accept more requests than its model pool could
 # serve (a 43 s request). gthread's intake is bounded by its threads once worker_connections
-# says so (below), and it needs no monkey patching under boto3. 1 x 128, 3 x 48 and 4 x 32 were no faster and used more memory.
+# says so (below), and it needs no monkey patching under boto3. 1 x 128, 3 x 48 and 4 x 32
+# were no faster and used more memory.
 worker_class = "gthread"
 
 # 2 = one process per core of the target host (2 vCPU); the CPU work per request (PNG

@@ -49,10 +49,10 @@ def lost_changes(job: dict, now: float) -> dict:
              "detail": "the worker running this job stopped after its images were asked of the model; it is not "
                        f"run again, so nothing is paid for twice; {len(stored)} of {job['count']} images were "
                        "stored before it stopped and are listed in the manifest"}
+    # The manifest's shape, with what is known: the images stored; why the rest are missing is `error`.
     manifest = {"images": [image["key"] for image in stored], "request_id": job["job_id"],
-                "image_details": stored, "errors": [{**error, "index": None}], "timings_ms": {}}
-    if stored:
-        manifest["model_id"] = stored[0].get("model_id")
+                "model_id": (stored[0].get("model_id") if stored else None) or job.get("model_id") or "",
+                "image_details": stored, "errors": [], "timings_ms": {}}
     return {"state": PARTIAL if stored else FAILED, "updated_at": now, "finished_at": now, "lease_until": 0,
             "error": error, "manifest": manifest}
 
@@ -123,14 +123,19 @@ class JobService:
         if job.get("fingerprint") != fingerprint:
             raise IdempotencyMismatch("this Idempotency-Key was used with a different request body")
         if job["state"] == FAILED and job.get("unqueued"):
-            # The first try could not queue it (the queue was down): this retry queues it after all.
+            # The first try could not queue it (the queue was down): this retry queues it after all,
+            # unless its end was already announced (a send that timed out may have got through).
             job = self.table.update(job["job_id"], {"state": QUEUED, "unqueued": False, "error": None,
                                                     "updated_at": time.time()},
-                                    (When((FAILED,), equals=(("unqueued", True),)),)) or job
-        if job["state"] == QUEUED:
+                                    (When((FAILED,), equals=(("unqueued", True), ("webhook_state", "pending"))),
+                                     When((FAILED,), equals=(("unqueued", True), ("webhook_state", "none"))))) or job
+            if job["state"] == QUEUED:
+                self._queue(job)
+        elif job["state"] == QUEUED:
             # The first try may have stopped between writing the job and queueing it. A second message is
-            # harmless: a worker claims a job conditionally, so only one delivery runs it.
-            self._queue(job)
+            # harmless: a worker claims a job conditionally, so only one delivery runs it. If this send
+            # fails, the caller gets a 503 and the job stays as it is (its first message may be queued).
+            self.queue.send(run_message(job["job_id"]))
         return job
 
     def _queue(self, job: dict) -> None:

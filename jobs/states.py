@@ -26,7 +26,8 @@ class When:
             return False
         if self.worker is not None and job.get("worker") != self.worker:
             return False
-        if any(job.get(name) != value for name, value in self.equals):
+        # A field a document lacks counts as False (a job written before the field existed).
+        if any(job.get(name, False if value is False else None) != value for name, value in self.equals):
             return False
         return self.lease_ended_before is None or float(job.get("lease_until") or 0) < self.lease_ended_before
 

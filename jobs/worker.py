@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from generation.errors import DeadlineExceeded, ServiceError
 from jobs import webhooks
 from jobs.request_codec import decode_request
-from jobs.service import JobService, lost_changes, webhook_message
+from jobs.service import JobService, lost_changes, run_message, webhook_message
 from jobs.states import FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
 from jobs.views import public_job
 from web.logging_setup import work_id
@@ -129,7 +129,7 @@ class JobRunner:
                 lease_end = float(current.get("lease_until") or now)
                 if current.get("paid"):
                     lease_end += self.jobs.lost_after_seconds
-                self.queue.set_visibility(message.receipt, int(min(MAX_HIDE_SECONDS, max(1, lease_end - now + 1))))
+                self._later(message, run_message(job_id), lease_end - now + 1)
             return
         if claimed.get("paid"):
             # An earlier attempt called the model and its worker is gone: running it again would pay twice.
@@ -211,7 +211,20 @@ class JobRunner:
         """Give a claimed, unpaid job back to the queue, to be claimed again after `delay` seconds."""
         self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0, "updated_at": time.time()},
                           (When((RUNNING,), worker=self.worker_id, equals=(("paid", False),)),))
-        self.queue.set_visibility(message.receipt, delay)
+        self._later(message, run_message(job_id), delay)
+
+    def _later(self, message: Message, body: str, delay: float) -> None:
+        """Have a message delivered again after `delay` seconds, without spending its last deliveries.
+
+        Waiting on a job held elsewhere, or giving one back, is no failure; but each delivery counts
+        toward the redrive policy, so near its end the message is sent afresh (count 0) instead.
+        """
+        delay = int(min(MAX_HIDE_SECONDS, max(0, delay)))
+        if message.receive_count >= self.queue.max_receives - 1:
+            self.queue.send(body, delay_seconds=min(900, delay))
+            self.queue.delete(message.receipt)
+        else:
+            self.queue.set_visibility(message.receipt, delay)
 
     def _attempt_failed(self, message: Message, job_id: str, error: Exception) -> None:
         """An attempt broke: back off, or on the last delivery (or once paid) fail the job; never pay twice."""
@@ -222,22 +235,32 @@ class JobRunner:
             reason = f"an unexpected {type(error).__name__} (the worker's log has the details)"
         try:
             job = self.table.get(job_id)
+            if job is not None and job["state"] in TERMINAL:
+                # It ended (what failed came after, e.g. queueing its webhook): the next delivery of this
+                # message finds it ended and queues what is missing.
+                self._back_off(message)
+                return
             paid = bool(job and job.get("paid") and job.get("worker") == self.worker_id)
-            if message.receive_count >= self.queue.max_receives or paid:
+            if paid:
+                # After the model was called: never again (that would pay twice). It ends with what it stored.
+                ended = self.table.update(job_id, lost_changes(job, time.time()) | {"error": {
+                    "code": "job_failed", "status": 500, "detail": "the job failed after its images were asked "
+                    f"of the model, so it is not tried again; images it stored are in the manifest: {reason}"}},
+                    (When((RUNNING,), worker=self.worker_id),))
+                if ended is not None:
+                    self.jobs.queue_webhook(ended)
+                    self.queue.delete(message.receipt)
+                    return
+            elif message.receive_count >= self.queue.max_receives:
                 now = time.time()
-                detail = (f"the job failed after its images were asked of the model, so it is not tried again: "
-                          f"{reason}" if paid else
-                          f"the job failed on each of its {message.receive_count} deliveries and its message went "
-                          f"to the dead-letter queue; last failure: {reason}")
                 failed = self.table.update(job_id, {
                     "state": FAILED, "updated_at": now, "finished_at": now, "lease_until": 0,
-                    "error": {"code": "job_failed", "status": 500, "detail": detail}},
+                    "error": {"code": "job_failed", "status": 500, "detail":
+                              f"the job failed on each of its {message.receive_count} deliveries and its message "
+                              f"went to the dead-letter queue; last failure: {reason}"}},
                     (When((QUEUED,)), When((RUNNING,), worker=self.worker_id)))
                 if failed is not None:
                     self.jobs.queue_webhook(failed)
-                if paid:
-                    self.queue.delete(message.receipt)
-                    return
             else:
                 self.table.update(job_id, {"state": QUEUED, "worker": None, "lease_until": 0,
                                            "last_error": {"code": "attempt_failed", "detail": reason}},
@@ -308,7 +331,7 @@ class JobRunner:
         remaining = not_before - time.time()
         if remaining > 1:
             # A queue delays a message at most 15 minutes (SQS); a longer wait is served in steps.
-            self.queue.set_visibility(message.receipt, int(min(remaining, MAX_HIDE_SECONDS)))
+            self._later(message, webhook_message(job_id, attempt, not_before), remaining)
             return
         job = self.table.get(job_id)
         done = job is None or job["state"] not in TERMINAL or not job.get("webhook_url") \
@@ -332,8 +355,12 @@ class JobRunner:
             self.queue.send(webhook_message(job_id, attempt + 1, time.time() + wait), delay_seconds=min(900, wait))
         else:
             state = "failed"
-        self.table.update(job_id, {"webhook_state": state}, (When(tuple(TERMINAL)),),
-                          append={"webhook_attempts": [{**outcome.as_json(), "n": attempt}]})
+        record = {"webhook_attempts": [{**outcome.as_json(), "n": attempt}]}
+        # A copy of this attempt sent at the same moment may have delivered it: never undo "delivered".
+        if self.table.update(job_id, {"webhook_state": state}, tuple(
+                When(tuple(TERMINAL), equals=(("webhook_state", before),)) for before in ("queued", "retrying")),
+                append=record) is None:
+            self.table.update(job_id, {}, (When(tuple(TERMINAL)),), append=record)
         self.queue.delete(message.receipt)
         log.info("job %s: webhook attempt %d %s", job_id, attempt, state)
 
