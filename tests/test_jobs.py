@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from generation.errors import ModelThrottled
+from generation.errors import JobsUnavailable, ModelThrottled
 from jobs.service import run_message
 from jobs.states import When
 from jobs.webhooks import Attempt
@@ -383,3 +383,53 @@ def test_the_webhook_secret_command_prints_the_secret_the_service_signs_with(sta
     configured, *_ = stack(webhook_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY")
     again = configured.test_cli_runner().invoke(args=["jobs", "webhook-secret"])
     assert "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY" in again.stdout
+
+
+def test_a_job_written_without_a_paid_field_still_runs(stack):
+    app, client, services, jobs, runner, model = stack()
+    job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
+    # As a web instance of an older release would have written it.
+    jobs.queue.database.connection().execute("UPDATE jobs SET document = json_remove(document, '$.paid')")
+    assert "paid" not in jobs.table.get(job_id)
+    drain(runner)
+    assert jobs.get(job_id, None)["state"] == "succeeded" and model.calls == 2
+
+
+def test_a_retried_post_whose_send_fails_leaves_the_queued_job_alone(stack, monkeypatch):
+    app, client, services, jobs, runner, model = stack()
+    first = client.post("/jobs", json=BODY, headers={"Idempotency-Key": "k-1"})
+
+    def down(*args, **kwargs):
+        raise JobsUnavailable("the queue is down")
+
+    monkeypatch.setattr(jobs.queue, "send", down)
+    again = client.post("/jobs", json=BODY, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 503 and again.get_json()["code"] == "jobs_unavailable"
+    monkeypatch.undo()
+    assert jobs.get(first.get_json()["job_id"], None)["state"] == "queued"
+    drain(runner)
+    assert jobs.get(first.get_json()["job_id"], None)["state"] == "succeeded"
+
+
+def test_waiting_on_a_held_job_does_not_spend_the_messages_last_deliveries(stack):
+    app, client, services, jobs, runner, model = stack(job_max_receives=2)
+    job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
+    jobs.table.update(job_id, {"state": "running", "worker": "busy-worker", "lease_until": time.time() + 30,
+                               "attempts": 1}, (When(("queued",)),))
+    drain(runner)  # delivery 1 of 2: near the end, so it is sent afresh rather than hidden
+    (count,) = jobs.queue.database.connection().execute("SELECT receive_count FROM messages").fetchone()
+    assert count == 0 and jobs.queue.dead_letters() == []
+
+
+def test_a_worker_lost_job_answers_in_the_manifest_schema(stack):
+    import jsonschema
+
+    from web.openapi import MANIFEST
+
+    app, client, services, jobs, runner, model = stack()
+    job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
+    jobs.table.update(job_id, {"state": "running", "worker": "gone", "lease_until": time.time() - 1000,
+                               "paid": True, "attempts": 1}, (When(("queued",)),))
+    view = client.get(f"/jobs/{job_id}").get_json()
+    assert view["state"] == "failed"
+    jsonschema.validate(view["manifest"], MANIFEST)
