@@ -36,7 +36,6 @@ from bench.run import check_keys, create_buckets, git_revision, machine, set_lat
 RESULTS = servers.BENCH / "results"
 NGINX_SITE = servers.REPO / "deploy" / "nginx" / "ai-image-generator.conf"
 # The site's one active upstream line (tests/servers.py rewrites it by the same text).
-UPSTREAM_LINE = re.compile(r"^([ \t]*)server 127\.0\.0\.1:8080;$", re.M)
 LIMIT_REQ = re.compile(r"limit_req zone=aig_generate burst=(\d+) nodelay;")
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "expired"}
 ACCESS_LOGGER = "ai_image_generator.access"
@@ -96,13 +95,9 @@ def nginx_site(text: str, *, port: int, upstream_ports: list[int], log_dir: Path
     The site's rate limit (60/min per address, burst 20, nodelay) would answer most of the bench's
     load 429: every request comes from 127.0.0.1. Its burst is raised to `burst` in this copy only.
     """
-    out = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
-    out = re.sub(r"^\s*listen \[::\]:80 .*$\n", "", out, flags=re.M)
-    out, found = UPSTREAM_LINE.subn(
-        lambda m: "\n".join(f"{m.group(1)}server 127.0.0.1:{p};" for p in upstream_ports), out)
-    if found != 1:
-        raise ValueError(f"the site has {found} active 'server 127.0.0.1:8080;' lines, not one")
-    out = out.replace("/var/log/nginx/", f"{log_dir}/")
+    from tests.servers import rewrite_site  # the bench runs in the dev venv, where pytest is
+
+    out = rewrite_site(text, nginx_port=port, log_dir=log_dir, upstream_ports=upstream_ports)
     shipped = sorted({int(b) for b in LIMIT_REQ.findall(out)})
     out, limited = LIMIT_REQ.subn(f"limit_req zone=aig_generate burst={burst} nodelay;", out)
     overrides = []
@@ -114,33 +109,10 @@ def nginx_site(text: str, *, port: int, upstream_ports: list[int], log_dir: Path
 
 
 def nginx_conf(site_text: str, workdir: Path, connections: int) -> Path:
-    """A minimal nginx.conf (as tests/servers.py writes) including the site inside http {}."""
-    for sub in ("logs", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (workdir / sub).mkdir(parents=True, exist_ok=True)
-    site = workdir / "ai-image-generator.conf"
-    site.write_text(site_text)
-    conf = workdir / "nginx.conf"
-    # As root, nginx's workers would drop to "nobody", who cannot enter a 0700 temp folder.
-    user = "user root root;" if os.geteuid() == 0 else ""
-    conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile {2 * connections};
-pid {workdir}/nginx.pid;
-error_log {workdir}/logs/error.log warn;
-events {{ worker_connections {connections}; }}
-http {{
-    client_body_temp_path {workdir}/client_body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    access_log off;
-    include {site};
-}}
-""")
-    return conf
+    """The tests' minimal nginx.conf around the site, with room for the bench's connections."""
+    from tests.servers import write_nginx_conf  # the bench runs in the dev venv, where pytest is
+
+    return write_nginx_conf(site_text, workdir, connections, error_level="warn")
 
 
 def find_nginx() -> str:

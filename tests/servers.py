@@ -156,8 +156,11 @@ def rewrite_site(text: str, *, nginx_port: int, log_dir: Path, upstream_port: in
     return out
 
 
-def write_nginx_conf(site_text: str, workdir: Path) -> Path:
-    """A minimal nginx.conf in workdir that includes the (rewritten) site inside http {}, as Debian's does."""
+def write_nginx_conf(site_text: str, workdir: Path, connections: int = 256, error_level: str = "info") -> Path:
+    """A minimal nginx.conf in workdir that includes the (rewritten) site inside http {}, as Debian's does.
+
+    `connections`: nginx's worker_connections (a proxied client holds two); bench.scale asks for more.
+    """
     for sub in ("logs", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     site = workdir / "ai-image-generator.conf"
@@ -169,9 +172,10 @@ def write_nginx_conf(site_text: str, workdir: Path) -> Path:
 {user}
 daemon off;
 worker_processes 1;
+worker_rlimit_nofile {2 * connections};
 pid {workdir}/nginx.pid;
-error_log {workdir}/logs/error.log info;
-events {{ worker_connections 256; }}
+error_log {workdir}/logs/error.log {error_level};
+events {{ worker_connections {connections}; }}
 http {{
     client_body_temp_path {workdir}/client_body;
     proxy_temp_path {workdir}/proxy;
