@@ -35,7 +35,7 @@ from bench.run import check_keys, create_buckets, git_revision, machine, set_lat
 
 RESULTS = servers.BENCH / "results"
 NGINX_SITE = servers.REPO / "deploy" / "nginx" / "ai-image-generator.conf"
-# The site's one active upstream line (tests/servers.py rewrites it by the same text).
+# The site's flood guard on the paid routes (raised in the bench's copy: every request comes from one address).
 LIMIT_REQ = re.compile(r"limit_req zone=aig_generate burst=(\d+) nodelay;")
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "expired"}
 ACCESS_LOGGER = "ai_image_generator.access"
