@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from admin.api_keys import add_key
+from tests.jobs_stack import start_worker
 from tests.servers import REPO, find_tool, free_port, missing, start_gunicorn, stop
 
 pytestmark = pytest.mark.live
@@ -60,14 +62,22 @@ def loaded_images(driver, container: str) -> int:
         ".length", container)
 
 
+def start_offline(tmp_path: Path, **env: str) -> tuple[str, list]:
+    """The service offline under gunicorn with one job worker (as ./scripts/serve runs it); (base URL, processes)."""
+    env = {"AIG_DATA_DIR": str(tmp_path / "images"), "AIG_JOB_DB": str(tmp_path / "jobs.sqlite3"), **env}
+    port = free_port()
+    web = start_gunicorn({**env, "AIG_WORKERS": "1"}, port, tmp_path / "gunicorn.log")
+    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("AIG_")} | env
+    return f"http://127.0.0.1:{port}", [web, start_worker(worker_env, tmp_path / "worker.log")]
+
+
 @pytest.fixture
 def service(tmp_path):
-    """The service offline under gunicorn, keys off; yields its base URL."""
-    port = free_port()
-    proc = start_gunicorn({"AIG_DATA_DIR": str(tmp_path / "images"), "AIG_WORKERS": "1"}, port,
-                          tmp_path / "gunicorn.log")
-    yield f"http://127.0.0.1:{port}"
-    stop(proc)
+    """The service offline with a job worker, keys off; yields its base URL."""
+    base, processes = start_offline(tmp_path)
+    yield base
+    for process in processes:
+        stop(process)
 
 
 def generate(driver, prompt: str, count: int = 4) -> None:
@@ -133,12 +143,10 @@ def test_the_page_asks_for_a_key_once_when_keys_are_on(tmp_path):
 
     keys_file = tmp_path / "keys.json"
     key = add_key(str(keys_file), "browser")
-    port = free_port()
-    proc = start_gunicorn({"AIG_DATA_DIR": str(tmp_path / "images"), "AIG_WORKERS": "1",
-                           "AIG_API_KEYS_FILE": str(keys_file)}, port, tmp_path / "gunicorn.log")
+    base, processes = start_offline(tmp_path, AIG_API_KEYS_FILE=str(keys_file))
     driver = browser()
     try:
-        driver.get(f"http://127.0.0.1:{port}/ui/")
+        driver.get(f"{base}/ui/")
         wait(driver, lambda d: d.find_element(By.ID, "key-form").is_displayed())
         shot(driver, "4-asks-for-a-key")
         driver.find_element(By.ID, "api-key").send_keys(key)
@@ -150,7 +158,8 @@ def test_the_page_asks_for_a_key_once_when_keys_are_on(tmp_path):
         shot(driver, "5-with-a-key")
     finally:
         driver.quit()
-        stop(proc)
+        for process in processes:
+            stop(process)
 
 
 def test_the_page_fits_a_phone_and_keeps_a_strict_policy(service):
@@ -173,3 +182,25 @@ def test_the_page_fits_a_phone_and_keeps_a_strict_policy(service):
         shot(driver, "6-phone-width")
     finally:
         driver.quit()
+
+
+def test_images_appear_one_by_one_as_the_job_stores_them(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    # One model call at a time, a second each: the job stores its three images a second apart.
+    base, processes = start_offline(tmp_path, AIG_MODEL_CONCURRENCY="1", AIG_PLACEHOLDER_LATENCY_SECONDS="1")
+    driver = browser()
+    try:
+        driver.get(f"{base}/ui/")
+        generate(driver, "three kites", count=3)
+        wait(driver, lambda d: loaded_images(d, "#results") >= 1)
+        shown_early = loaded_images(driver, "#results")
+        assert shown_early < 3 and driver.find_element(By.ID, "generate").get_attribute("disabled") is not None
+        assert "Generating" in driver.find_element(By.ID, "status").text
+        shot(driver, "7-images-as-they-land")
+        wait(driver, lambda d: loaded_images(d, "#results") == 3)
+        wait(driver, lambda d: "3 image(s) stored" in d.find_element(By.ID, "status").text)
+    finally:
+        driver.quit()
+        for process in processes:
+            stop(process)

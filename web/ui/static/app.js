@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 let models = [];
 let picked = null; // {key, url, prompt, folder}
 let historyPage = 1;
+const POLL_MS = 500; // how often a running job is asked about
+const QUEUED_NOTICE_MS = 10000; // a job still queued this long: say that no worker has taken it yet
 
 function headers() {
   const key = sessionStorage.getItem(KEY_STORAGE);
@@ -134,9 +136,31 @@ async function generate(event) {
   $("generate").disabled = true;
   const stop = progress("Generating");
   try {
-    const manifest = await api("POST", "/generate_images", body);
-    $("results").replaceChildren(...manifest.image_details.map((d) => figure(d, prompt, (detail) => pick(detail, prompt))));
-    stop(`${manifest.images.length} image(s) stored in ${body.output_folder}.`);
+    // A job, not one long request: each image is shown as soon as it is stored, and a dropped
+    // connection loses nothing (the job goes on; the page asks again).
+    const shown = new Set();
+    const show = (details) => {
+      for (const detail of details || []) {
+        if (shown.has(detail.key)) continue;
+        shown.add(detail.key);
+        $("results").append(figure(detail, prompt, (d) => pick(d, prompt)));
+      }
+    };
+    $("results").replaceChildren();
+    let job = await api("POST", "/jobs", body);
+    const started = Date.now();
+    while (job.state === "queued" || job.state === "running") {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      job = await api("GET", job.links.self);
+      show(job.stored_images);
+      if (job.state === "queued" && Date.now() - started > QUEUED_NOTICE_MS) {
+        $("status").textContent = "Queued: waiting for a job worker to start it…";
+      }
+    }
+    if (!job.manifest || !job.manifest.images.length) throw new Error(explain(job.error || {}, job.state));
+    show(job.manifest.image_details);
+    const missing = job.state === "partial" ? ` ${job.manifest.errors.length || "Some"} could not be made.` : "";
+    stop(`${job.manifest.images.length} image(s) stored in ${body.output_folder}.${missing}`);
     $("results-heading").focus();
     loadHistory(1);
   } catch (error) {
