@@ -17,6 +17,22 @@ pytestmark = pytest.mark.live
 BODY = {"prompt": "red porsche", "output_folder": "000/111", "file_name_prefix": "porsche_image", "count": 2}
 
 
+def session_members(session: int) -> list[int]:
+    """The live processes of a session, from /proc (pgrep is not on every machine)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After the name: state, ppid, pgrp, session; a zombie has already exited.
+            if int(fields[3]) == session and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
 def test_serve_runs_a_job_to_the_end_offline_and_a_sigterm_stops_both(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIG_", "AWS_"))}
@@ -47,10 +63,10 @@ def test_serve_runs_a_job_to_the_end_offline_and_a_sigterm_stops_both(tmp_path):
         for detail in view["manifest"]["image_details"]:
             assert (tmp_path / "images" / detail["key"]).is_file()
             assert requests.get(detail["url"], timeout=10).headers["Content-Type"] == "image/png"
+        assert len(session_members(serve.pid)) >= 4  # the script, the job worker, gunicorn's master and worker
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 143  # the script stops both, then exits as a SIGTERMed process does
-        leftovers = subprocess.run(["pgrep", "-s", str(serve.pid)], capture_output=True, text=True).stdout.split()
-        assert leftovers == [], "gunicorn or the worker outlived serve"
+        assert session_members(serve.pid) == [], "gunicorn or the worker outlived serve"
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
