@@ -20,10 +20,10 @@ from generation.model_registry import EDIT_TASKS, TEXT_TO_IMAGE
 from services import Services, build_services
 from settings import Settings, unknown_names
 from web.access import install_access
+from web.checked_requests import checked_edit, checked_generation
 from web.client_address import install_proxy_fix
 from web.cors import install_cors
 from web.cross_site import install_cross_site_guard
-from web.edit_request import plan_edit
 from web.idempotency import Replay, fingerprint
 from web.jobs_routes import jobs_routes
 from web.json_body import read_json_object
@@ -32,7 +32,6 @@ from web.manifest import render_manifest
 from web.metrics import install_metrics
 from web.model_catalog import (
     add_sunset_headers,
-    choose_profile,
     lifecycle_json,
     models_document,
     profile_of,
@@ -43,7 +42,7 @@ from web.openapi import openapi_document
 from web.problems import PROBLEM_JSON, json_response, problem, service_error_body
 from web.rate_limits import install_rate_limits
 from web.records_view import records_page
-from web.request_schema import SEGMENT, parse_generation_request
+from web.request_schema import SEGMENT
 from web.request_summary import install_request_timing
 from web.ui import ui
 
@@ -196,23 +195,16 @@ def _read_json_body() -> dict:
 
 def generate_images():
     """Generate, screen and store the images; answer the manifest (or replay the first answer)."""
-    settings = _settings()
     body = _read_json_body()
-    profile, named = choose_profile(body, _services().models)
-    generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
-                                          root_prefix=_services().store.key_prefix, named=named,
-                                          reserved_prefix=settings.quarantine_prefix)
-    return _respond(body, generation)
+    return _respond(body, checked_generation(body, _settings(), _services()))
 
 
 def edit_images():
     """Edit an image (a task on a model that does it); the same manifest, screening, store and records."""
-    settings, services = _settings(), _services()
-    request.max_content_length = settings.max_edit_body_bytes  # this route alone takes images in its body
+    settings = _settings()
+    request.max_content_length = settings.max_edit_body_bytes  # this route (and /jobs) takes images in its body
     body = _read_json_body()
-    generation = plan_edit(body, services.models, services.store, services.screener,
-                           default_quality=settings.default_quality, private_prefix=settings.quarantine_prefix)
-    return _respond(body, generation)
+    return _respond(body, checked_edit(body, settings, _services()))
 
 
 def _respond(body: dict, generation) -> Response:

@@ -12,11 +12,9 @@ from generation.model_registry import TEXT_TO_IMAGE
 from jobs.service import JobService
 from jobs.views import public_job
 from jobs.webhooks import secret_for_owner, url_problem
-from web.edit_request import plan_edit
+from web.checked_requests import checked_edit, checked_generation
 from web.idempotency import fingerprint
-from web.model_catalog import choose_profile
 from web.problems import json_response, problem
-from web.request_schema import parse_generation_request
 
 jobs_routes = Blueprint("jobs", __name__)
 _build_lock = threading.Lock()
@@ -59,16 +57,10 @@ def submit():
         if reason:
             raise InvalidRequest([{"field": "webhook_url", "message": reason}])
     if body.get("task", TEXT_TO_IMAGE) != TEXT_TO_IMAGE:
-        kind = "edit"
-        generation = plan_edit(body, services.models, services.store, services.screener,
-                               default_quality=settings.default_quality, private_prefix=settings.quarantine_prefix)
+        kind, generation = "edit", checked_edit(body, settings, services)
     else:
-        kind = "generate"
         body.pop("task", None)
-        profile, named = choose_profile(body, services.models)
-        generation = parse_generation_request(body, profile, default_quality=settings.default_quality,
-                                              root_prefix=services.store.key_prefix, named=named,
-                                              reserved_prefix=settings.quarantine_prefix)
+        kind, generation = "generate", checked_generation(body, settings, services)
     generation = dataclasses.replace(generation, owner=_owner())
     idempotency_key = request.headers.get("Idempotency-Key")
     idempotency = None if idempotency_key is None else \
