@@ -24,6 +24,7 @@ from jobs.service import JobService, lost_changes, run_message, webhook_message
 from jobs.states import FAILED, PARTIAL, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Message, When
 from jobs.views import public_job
 from web.logging_setup import work_id
+from web.problems import error_json
 
 log = logging.getLogger("ai_image_generator.worker")
 # Failures that paid for nothing: the job goes back to the queue for a later attempt.
@@ -162,18 +163,18 @@ class JobRunner:
             result = self.pipeline.run(request, job_id, on_stored=lambda image: self._stored(job_id, image))
         except DeadlineExceeded as error:
             state = PARTIAL if error.extra.get("images") else FAILED
-            self._finish(message, job_id, state, error=_error_json(error))
+            self._finish(message, job_id, state, error=error_json(error))
             return
         except ServiceError as error:
             failed = error.result.failed if error.result is not None else []
             unpaid = failed and all(r.error.code in UNPAID_CODES for r in failed)
             if unpaid and message.receive_count < self.queue.max_receives:
                 # Throttled or busy on every image: nothing was paid, so a later attempt costs nothing extra.
-                self.table.update(job_id, {"paid": False, "last_error": _error_json(error)},
+                self.table.update(job_id, {"paid": False, "last_error": error_json(error)},
                                   (When((RUNNING,), worker=self.worker_id),))
                 self._release(message, job_id, delay=_back_off_seconds(message.receive_count))
                 return
-            self._finish(message, job_id, FAILED, error=_error_json(error))
+            self._finish(message, job_id, FAILED, error=error_json(error))
             return
         from web.manifest import render_manifest
 
@@ -371,15 +372,6 @@ def _split(changes: dict) -> dict:
     for name in ("updated_at", "finished_at", "lease_until"):
         changes.pop(name)
     return changes
-
-
-def _error_json(error: ServiceError) -> dict:
-    from web.problems import image_error_json, status_of
-
-    body = {"code": error.code, "status": status_of(error.code), "detail": error.detail, **error.extra}
-    if error.result is not None:
-        body["image_errors"] = [image_error_json(r) for r in error.result.failed]
-    return body
 
 
 def _back_off_seconds(receive_count: int) -> int:

@@ -61,11 +61,20 @@ def problem(status: int, title: str, detail: str, code: str, **extra) -> Respons
 def service_error_body(error: ServiceError) -> dict:
     """The problem body of a domain error, its status and title from the table."""
     status, title = STATUSES.get(error.code, STATUSES["internal_error"])
+    return problem_body(status, title, error.detail, error.code, **error_extra(error))
+
+
+def error_json(error: ServiceError) -> dict:
+    """A domain error outside a request (a job's error): code, status, detail and its extras."""
+    return {"code": error.code, "status": status_of(error.code), "detail": error.detail, **error_extra(error)}
+
+
+def error_extra(error: ServiceError) -> dict:
+    """An error's own fields, and when every image failed, each image's failure, for the caller."""
     extra = dict(error.extra)
     if error.result is not None:
-        # Every image failed: each image's own failure goes along, for the caller.
         extra["image_errors"] = [image_error_json(r) for r in error.result.failed]
-    return problem_body(status, title, error.detail, error.code, **extra)
+    return extra
 
 
 def image_error_json(result) -> dict:
