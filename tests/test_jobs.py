@@ -51,6 +51,14 @@ def drain(runner, *, max_messages=10):
     return handled
 
 
+def held_by(jobs, job_id: str, worker: str, *, lease_in: float, paid: bool = False, stored=()) -> None:
+    """Make a queued job look claimed by `worker`, its lease ending `lease_in` seconds from now."""
+    changes = {"state": "running", "worker": worker, "lease_until": time.time() + lease_in, "attempts": 1}
+    if paid:
+        changes["paid"] = True
+    jobs.table.update(job_id, changes, (When(("queued",)),), append={"stored_images": list(stored)})
+
+
 def test_a_job_is_accepted_at_once_and_ends_with_the_synchronous_manifest(stack, data_dir):
     app, client, services, jobs, runner, model = stack()
     answer = client.post("/jobs", json=BODY)
@@ -183,8 +191,7 @@ def test_a_job_whose_worker_died_after_paying_ends_with_what_it_stored_and_is_no
     stored = {"key": "coast/light-1.png", "seed": 7, "width": 512, "height": 512, "model_id": "fake-model",
               "moderation": {"verdict": "not_screened", "labels": [], "action": "none"}}
     # A worker that claimed it, called the model, stored one image, then died; its lease and grace are over.
-    jobs.table.update(job_id, {"state": "running", "worker": "dead-worker", "lease_until": time.time() - 1000,
-                               "paid": True, "attempts": 1}, (When(("queued",)),), append={"stored_images": [stored]})
+    held_by(jobs, job_id, "dead-worker", lease_in=-1000, paid=True, stored=[stored])
     drain(runner)
     view = client.get(f"/jobs/{job_id}").get_json()
     assert view["state"] == "partial" and view["error"]["code"] == "worker_lost"
@@ -197,8 +204,7 @@ def test_a_paid_job_whose_lease_just_ended_is_not_taken_before_its_grace(stack):
     app, client, services, jobs, runner, model = stack()
     job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
     # Its worker may only be late with a heartbeat: it may still finish, so nobody ends the job yet.
-    jobs.table.update(job_id, {"state": "running", "worker": "slow-worker", "lease_until": time.time() - 1,
-                               "paid": True, "attempts": 1}, (When(("queued",)),))
+    held_by(jobs, job_id, "slow-worker", lease_in=-1, paid=True)
     drain(runner)
     assert jobs.get(job_id, None)["state"] == "running" and model.calls == 0
     assert runner.queue.depth() == 1  # hidden until the grace is over, then looked at again
@@ -207,8 +213,7 @@ def test_a_paid_job_whose_lease_just_ended_is_not_taken_before_its_grace(stack):
 def test_a_get_ends_a_running_job_whose_worker_is_long_gone(stack):
     app, client, services, jobs, runner, model = stack()
     job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
-    jobs.table.update(job_id, {"state": "running", "worker": "gone", "lease_until": time.time() - 1000,
-                               "paid": True, "attempts": 1}, (When(("queued",)),))
+    held_by(jobs, job_id, "gone", lease_in=-1000, paid=True)
     view = client.get(f"/jobs/{job_id}").get_json()
     assert view["state"] == "failed" and view["error"]["code"] == "worker_lost"
 
@@ -235,8 +240,7 @@ def test_a_running_job_shows_each_image_as_it_is_stored(stack):
 def test_a_job_held_under_a_live_lease_is_left_to_its_worker(stack):
     app, client, services, jobs, runner, model = stack()
     job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
-    jobs.table.update(job_id, {"state": "running", "worker": "busy-worker", "lease_until": time.time() + 30,
-                               "attempts": 1}, (When(("queued",)),))
+    held_by(jobs, job_id, "busy-worker", lease_in=+30)
     drain(runner)
     assert model.calls == 0 and jobs.get(job_id, None)["state"] == "running"
     assert runner.queue.depth() == 1  # kept, hidden until the lease would end: it comes back if that worker dies
@@ -414,8 +418,7 @@ def test_a_retried_post_whose_send_fails_leaves_the_queued_job_alone(stack, monk
 def test_waiting_on_a_held_job_does_not_spend_the_messages_last_deliveries(stack):
     app, client, services, jobs, runner, model = stack(job_max_receives=2)
     job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
-    jobs.table.update(job_id, {"state": "running", "worker": "busy-worker", "lease_until": time.time() + 30,
-                               "attempts": 1}, (When(("queued",)),))
+    held_by(jobs, job_id, "busy-worker", lease_in=+30)
     drain(runner)  # delivery 1 of 2: near the end, so it is sent afresh rather than hidden
     (count,) = jobs.queue.database.connection().execute("SELECT receive_count FROM messages").fetchone()
     assert count == 0 and jobs.queue.dead_letters() == []
@@ -428,8 +431,7 @@ def test_a_worker_lost_job_answers_in_the_manifest_schema(stack):
 
     app, client, services, jobs, runner, model = stack()
     job_id = client.post("/jobs", json=BODY).get_json()["job_id"]
-    jobs.table.update(job_id, {"state": "running", "worker": "gone", "lease_until": time.time() - 1000,
-                               "paid": True, "attempts": 1}, (When(("queued",)),))
+    held_by(jobs, job_id, "gone", lease_in=-1000, paid=True)
     view = client.get(f"/jobs/{job_id}").get_json()
     assert view["state"] == "failed"
     jsonschema.validate(view["manifest"], MANIFEST)
